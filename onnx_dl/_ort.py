@@ -1,0 +1,105 @@
+"""The only door to ONNX Runtime: imports the engine lazily, without torch, and quietly.
+
+Nothing else in the library imports ``onnxruntime`` or ``onnxruntime.training``. Importing
+``onnx_dl`` never needs the engine; the first call that does raises a :class:`DLRuntimeError`
+that names the extra to install.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+import types
+from typing import Any
+
+from .errors import DLRuntimeError
+
+_INSTALL_HINT = (
+    "install the engine with `pip install 'onnx_dl[cpu]'` (onnxruntime-training-cpu==1.19.2), "
+    "or `pip install 'onnx_dl[cuda]'` for the CUDA 11.8 build; never both in one environment"
+)
+CUDA_HINT = (
+    "runtime 'gpu' needs the CUDA build of the engine and an NVIDIA driver: "
+    "`pip uninstall onnxruntime-training-cpu && pip install 'onnx_dl[cuda]'` "
+    "(onnxruntime-training==1.19.2 with the CUDA 11.8 / cuDNN 8.9 libraries, Linux x86_64, Python <= 3.11)"
+)
+QUIET = 3  # ORT log severity: errors only
+
+
+@functools.lru_cache(maxsize=None)
+def ort() -> Any:
+    """Return the ``onnxruntime`` module, logging silenced; raise if the engine is not installed."""
+    try:
+        module = importlib.import_module("onnxruntime")
+    except ImportError as exc:
+        raise DLRuntimeError(f"ONNX Runtime is not installed: {_INSTALL_HINT}") from exc
+    if not hasattr(module, "InferenceSession"):
+        raise DLRuntimeError(f"the installed onnxruntime is incomplete: {_INSTALL_HINT}")
+    module.set_default_logger_severity(QUIET)
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def training() -> types.SimpleNamespace:
+    """Return ``artifacts`` and ``api`` of onnxruntime.training, imported without torch.
+
+    ``onnxruntime/training/__init__.py`` imports torch (microsoft/onnxruntime#22070), so a bare
+    package object stands in for it and only the torch-free subpackages are loaded.
+    """
+    rt = ort()
+    root = os.path.join(os.path.dirname(rt.__file__), "training")
+    if not os.path.isdir(os.path.join(root, "api")):
+        raise DLRuntimeError(f"this onnxruntime has no training support: {_INSTALL_HINT}")
+    if not hasattr(sys.modules.get("onnxruntime.training"), "api"):
+        shim = types.ModuleType("onnxruntime.training")
+        shim.__path__ = [root]
+        sys.modules["onnxruntime.training"] = shim
+        rt.training = shim
+    artifacts = importlib.import_module("onnxruntime.training.artifacts")
+    api = importlib.import_module("onnxruntime.training.api")
+    graph_utils = importlib.import_module("onnxruntime.training.onnxblock._training_graph_utils")
+
+    def quiet_session_options() -> Any:
+        # build_gradient_graph() logs every graph transformer at INFO through a bare
+        # SessionOptions(); the name it looks up is replaced by one that logs errors only.
+        options = rt.SessionOptions()
+        options.log_severity_level = QUIET
+        return options
+
+    graph_utils.SessionOptions = quiet_session_options
+    return types.SimpleNamespace(artifacts=artifacts, api=api, C=importlib.import_module("onnxruntime.capi._pybind_state"))
+
+
+def cuda_available() -> bool:
+    """True when the installed engine offers the CUDA execution provider."""
+    return "CUDAExecutionProvider" in ort().get_available_providers()
+
+
+def require_device(runtime: str) -> None:
+    """Raise a clear error when ``runtime`` cannot run with the installed engine."""
+    if runtime == "gpu" and not cuda_available():
+        raise DLRuntimeError(f"CUDA is not available to ONNX Runtime; {CUDA_HINT}")
+
+
+def session_options(threads: int, deterministic: bool, optimize: bool = True) -> Any:
+    """SessionOptions with the thread count and determinism of :mod:`onnx_dl.system`."""
+    rt = ort()
+    options = rt.SessionOptions()
+    options.log_severity_level = QUIET
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = rt.ExecutionMode.ORT_SEQUENTIAL
+    options.use_deterministic_compute = deterministic
+    if not optimize:
+        options.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def providers(runtime: str, deterministic: bool) -> list[Any]:
+    """Execution providers for an InferenceSession on ``runtime``."""
+    if runtime == "gpu":
+        search = "DEFAULT" if deterministic else "HEURISTIC"
+        return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": search}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

@@ -1,0 +1,114 @@
+"""Forward and backward passes on ONNX Runtime training (the only user of its training API).
+
+A :class:`TrainingSession` generates the training artifacts of a :class:`TrainingGraph` in a
+temporary folder, adds two kinds of outputs to the generated graph and loads it into an
+``api.Module``:
+
+- the batch mean and inverse standard deviation of every batch-norm layer, so the running
+  statistics can be updated on the host after a step has succeeded (the engine's own update is
+  biased, has a baked momentum and would happen before we know the step is finite);
+- ``gradient_check``: sum(g * 0) over every gradient, finite exactly when all gradients are.
+
+Gradients accumulate in the engine's buffers over the chunks of a step until :meth:`reset_grad`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import _ort
+from .errors import DLRuntimeError
+from .onnx_builder import GraphBuilder
+from .training_graph import TrainingGraph
+
+GRADIENT_CHECK = "gradient_check"
+
+
+def _expose_outputs(training: onnx.ModelProto, tg: TrainingGraph) -> dict[str, tuple[str, str]]:
+    """Add BN batch statistics and the gradient check as outputs; return {bn node: (mean, inv_std)}."""
+    b = GraphBuilder(training.graph, prefix="probe/")
+    bn_outputs: dict[str, tuple[str, str]] = {}
+    by_input = {bn.input: bn.node for bn in tg.batchnorms}
+    for node in training.graph.node:
+        if node.op_type == "BatchNormInternal" and node.input[0] in by_input:
+            mean, inv_std = node.output[3], node.output[4]
+            bn_outputs[by_input[node.input[0]]] = (mean, inv_std)
+            b.output(mean, [None])
+            b.output(inv_std, [None])
+    zero = b.const(0.0, "zero")
+    check = zero
+    for node in training.graph.node:
+        if node.op_type == "InPlaceAccumulatorV2":
+            probe = b.op("ReduceSum", [b.op("Mul", [node.input[1], zero], "g0")], "g0_sum", keepdims=0)
+            check = b.op("Add", [check, probe], "g0_total")
+    training.graph.node.append(helper.make_node("Identity", [check], [GRADIENT_CHECK], name="gradient_check_identity"))
+    b.output(GRADIENT_CHECK, [], TensorProto.FLOAT)
+    return bn_outputs
+
+
+class TrainingSession:
+    """One training graph loaded in the engine: parameters, gradient buffers and the step call."""
+
+    def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool) -> None:
+        _ort.require_device(runtime)
+        engine = _ort.training()
+        self.graph = tg
+        self.device = "cuda" if runtime == "gpu" else "cpu"
+        options = _ort.session_options(threads, deterministic)
+        with tempfile.TemporaryDirectory(prefix="onnx_dl_") as folder:
+            try:
+                engine.artifacts.generate_artifacts(
+                    tg.model, requires_grad=tg.trainable, frozen_params=[], loss=None, optimizer=None,
+                    artifact_directory=folder,
+                )
+                training = onnx.load(os.path.join(folder, "training_model.onnx"))
+                self.bn_outputs = _expose_outputs(training, tg)
+                onnx.save(training, os.path.join(folder, "training_model.onnx"))
+                self.state = engine.api.CheckpointState.load_checkpoint(os.path.join(folder, "checkpoint"))
+                self.module = engine.api.Module(
+                    os.path.join(folder, "training_model.onnx"), self.state, None, device=self.device,
+                    session_options=options,
+                )
+            except DLRuntimeError:
+                raise
+            except Exception as exc:
+                raise DLRuntimeError(f"the engine could not build the training session: {exc}") from exc
+        self.output_names: list[str] = list(self.module.output_names())
+        self.trainable: list[str] = list(tg.trainable)
+
+    def run(self, feeds: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Forward and backward on one chunk; gradients add to the buffers. Returns every output."""
+        try:
+            outputs = self.module(*feeds)
+        except Exception as exc:
+            raise DLRuntimeError(f"the engine failed in the training step: {exc}") from exc
+        if not isinstance(outputs, tuple):
+            outputs = (outputs,)
+        return dict(zip(self.output_names, outputs))
+
+    def reset_grad(self) -> None:
+        """Make the next :meth:`run` overwrite the gradient buffers instead of adding to them."""
+        self.module.lazy_reset_grad()
+
+    def parameter(self, name: str) -> Any:
+        """The live OrtValue holding parameter ``name`` (writes change the model)."""
+        return _ort.ort().OrtValue(self.state._state.get_parameter(name).data)
+
+    def gradient(self, name: str) -> Any:
+        """The live OrtValue holding the accumulated gradient of ``name``."""
+        return _ort.ort().OrtValue(self.state._state.get_parameter(name).grad)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """A copy of every trained parameter."""
+        return {name: np.array(self.parameter(name).numpy(), copy=True) for name in self.trainable}
+
+    def load_weights(self, values: dict[str, np.ndarray]) -> None:
+        """Overwrite trained parameters with ``values`` (restoring a snapshot)."""
+        for name, value in values.items():
+            self.state.parameters[name].data = np.ascontiguousarray(value, dtype=np.float32)

@@ -1,0 +1,59 @@
+"""Classification models: feeds of a training step and the results of ``apply_dl_model``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import samples as sample_checks
+from . import training_graph
+from .errors import DLParamError
+
+RESULT_KEYS = ("classification_class_ids", "classification_class_names", "classification_confidences")
+
+
+def class_weights(params: dict[str, Any]) -> np.ndarray:
+    """The class weights as float32 (1.0 each unless set)."""
+    weights = params.get("class_weights")
+    return np.asarray(weights if weights is not None else [1.0] * len(params["class_ids"]), np.float32)
+
+
+def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
+                         trainable: list[str] | None = None) -> training_graph.TrainingGraph:
+    """The training graph of a classifier at the model's image size."""
+    dims = (params["image_num_channels"], params["image_height"], params["image_width"])
+    return training_graph.classification(network, dims, len(params["class_ids"]), trainable)
+
+
+def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: int) -> list[list[np.ndarray]]:
+    """Feeds of each chunk: image, labels, class weights and the step-wide normaliser sum_n w[y_n]."""
+    images = sample_checks.images(samples, params)
+    labels = sample_checks.label_indices(samples, params["class_ids"])
+    weights = class_weights(params)
+    normalizer = float(weights[labels].astype(np.float64).sum())
+    # all samples weighted 0: loss and gradient are 0, and 0 / 1 keeps them finite
+    normalizer_feed = np.array(normalizer if normalizer > 0 else 1.0, np.float32)
+    size = len(samples) // chunks
+    return [[images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size], weights, normalizer_feed]
+            for i in range(chunks)]
+
+
+def results(probabilities: np.ndarray, params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:
+    """Per sample: class ids, names and confidences sorted by descending confidence."""
+    unknown = [key for key in outputs if key not in RESULT_KEYS]
+    if unknown:
+        raise DLParamError(f"apply_dl_model: unknown outputs {unknown}; a classifier offers {list(RESULT_KEYS)}")
+    ids = np.asarray(params["class_ids"])
+    names = params["class_names"]
+    found = []
+    for row in probabilities:
+        order = np.argsort(-row, kind="stable")
+        full = {
+            "classification_class_ids": [int(ids[i]) for i in order],
+            "classification_class_names": [names[i] for i in order],
+            "classification_confidences": [float(row[i]) for i in order],
+        }
+        found.append({key: full[key] for key in outputs})
+    return found

@@ -1,0 +1,282 @@
+"""Reading and editing inference graphs: the image input, the logits, which initializers are
+trained weights, biases or batch-norm statistics, fixed input shapes and head replacement."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from .errors import DLModelFileError
+from .onnx_builder import IR_VERSION, MAX_OPSET, MIN_OPSET, OPSET, default_opset
+
+# Input positions that hold weights, per operator; other float initializers are constants.
+_WEIGHT_INPUTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2),
+    "PRelu": (1,), "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1),
+}
+# Input positions that hold biases: excluded from the weight prior.
+_BIAS_INPUTS = {
+    "Conv": (2,), "ConvTranspose": (2,), "Gemm": (2,), "BatchNormalization": (2,),
+    "InstanceNormalization": (2,), "LayerNormalization": (2,), "Add": (0, 1), "Sub": (0, 1),
+}
+_ELEMENTWISE = ("Add", "Sub", "Mul")
+_SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Identity")
+
+
+@dataclass(frozen=True)
+class BatchNormStats:
+    """One BatchNormalization node: the initializers of its running statistics and its momentum."""
+
+    node: str
+    input: str
+    mean: str
+    var: str
+    momentum: float  # ONNX convention: running = momentum * running + (1 - momentum) * batch
+    epsilon: float
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers by name."""
+    return {init.name: init for init in model.graph.initializer}
+
+
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The one float input of rank 4 (NCHW) that is not an initializer."""
+    inits = set(initializers(model))
+    candidates = [i for i in model.graph.input if i.name not in inits]
+    if len(candidates) != 1:
+        raise DLModelFileError(
+            f"expected a model with exactly one image input (N, C, H, W), found {len(candidates)} inputs: "
+            f"{[i.name for i in candidates]}"
+        )
+    found = candidates[0]
+    tensor = found.type.tensor_type
+    if tensor.elem_type != TensorProto.FLOAT or len(tensor.shape.dim) != 4:
+        raise DLModelFileError(
+            f"input {found.name!r}: expected a float32 tensor of rank 4 (N, C, H, W), got "
+            f"{TensorProto.DataType.Name(tensor.elem_type)} of rank {len(tensor.shape.dim)}"
+        )
+    return found
+
+
+def input_dims(model: onnx.ModelProto) -> tuple[int | None, int | None, int | None]:
+    """(C, H, W) of the image input; None where the dimension is symbolic."""
+    dims = image_input(model).type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])  # type: ignore[return-value]
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The node producing each tensor."""
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """(node, input position) of each use of every tensor."""
+    uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node, pos))
+    return uses
+
+
+def logits_output(model: onnx.ModelProto) -> tuple[str, str | None]:
+    """(logits, probabilities) of the first graph output.
+
+    When the output is produced by a Softmax over the class axis, the logits are its input and the
+    output itself holds the probabilities; otherwise the output is the logits and there is no
+    probability tensor yet.
+    """
+    out = model.graph.output[0].name
+    node = producers(model).get(out)
+    if node is not None and node.op_type == "Softmax":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if default_opset(model) >= 13 else 1)
+        if axis in (1, -1):
+            return node.input[0], out
+    return out, None
+
+
+def weight_names(model: onnx.ModelProto) -> list[str]:
+    """Float initializers that are trained: in a weight position of a known operator.
+
+    Elementwise operands count only when they have more than one element, so scale constants
+    (for instance an input normalisation) stay fixed.
+    """
+    inits = initializers(model)
+    found: dict[str, None] = {}
+    for node in model.graph.node:
+        for pos in _WEIGHT_INPUTS.get(node.op_type, ()):
+            if pos >= len(node.input) or node.input[pos] not in inits:
+                continue
+            init = inits[node.input[pos]]
+            if init.data_type != TensorProto.FLOAT:
+                continue
+            if node.op_type in _ELEMENTWISE and int(np.prod(init.dims)) <= 1:
+                continue
+            found[init.name] = None
+    return list(found)
+
+
+def bias_names(model: onnx.ModelProto) -> set[str]:
+    """Initializers used as biases (added): the weight prior leaves them out."""
+    inits = initializers(model)
+    return {
+        node.input[pos]
+        for node in model.graph.node
+        for pos in _BIAS_INPUTS.get(node.op_type, ())
+        if pos < len(node.input) and node.input[pos] in inits
+    }
+
+
+def batchnorm_stats(model: onnx.ModelProto) -> list[BatchNormStats]:
+    """Every BatchNormalization node with running statistics held in initializers."""
+    inits = initializers(model)
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or node.input[3] not in inits or node.input[4] not in inits:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        found.append(BatchNormStats(
+            node=node.name or node.output[0], input=node.input[0], mean=node.input[3], var=node.input[4],
+            momentum=attrs["momentum"].f if "momentum" in attrs else 0.9,
+            epsilon=attrs["epsilon"].f if "epsilon" in attrs else 1e-5,
+        ))
+    return found
+
+
+def inference_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose BatchNormalization nodes are in inference form (one output, no training_mode).
+
+    The training graph generator turns them into training-mode nodes itself; a node already in
+    training form would make its generated eval graph invalid.
+    """
+    model = copy.deepcopy(model)
+    uses = consumers(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        extra = [o for o in node.output[1:] if o]
+        if any(o in uses or o in graph_outputs for o in extra):
+            raise DLModelFileError(f"BatchNormalization {node.name!r} has its running statistics used by other nodes")
+        del node.output[1:]
+        kept = [a for a in node.attribute if a.name != "training_mode"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    return model
+
+
+def with_input_shape(model: onnx.ModelProto, dims: list[int | str]) -> onnx.ModelProto:
+    """A copy whose image input has the dimensions ``dims`` (ints fixed, strings symbolic)."""
+    model = copy.deepcopy(model)
+    target = image_input(model).name
+    for inp in model.graph.input:
+        if inp.name == target:
+            for dim, value in zip(inp.type.tensor_type.shape.dim, dims):
+                dim.Clear()
+                if isinstance(value, str):
+                    dim.dim_param = value
+                else:
+                    dim.dim_value = value
+    del model.graph.value_info[:]
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference in strict mode, with errors turned into DLModelFileError."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:  # onnx raises several types here
+        raise DLModelFileError(f"shape inference failed: {exc}") from exc
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Inferred shape of every tensor (None for unknown dimensions)."""
+    inferred = infer_shapes(model)
+    shapes = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def supported_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model at an opset and IR version ONNX Runtime 1.19 trains: converted when needed."""
+    version = default_opset(model)
+    if not MIN_OPSET <= version <= MAX_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, OPSET)
+        except Exception as exc:
+            raise DLModelFileError(
+                f"the model uses opset {version}; the engine trains opsets {MIN_OPSET}..{MAX_OPSET} and the "
+                f"ONNX version converter could not convert it to {OPSET}: {exc}"
+            ) from exc
+    if model.ir_version > 10:
+        model = copy.deepcopy(model)
+        model.ir_version = max(IR_VERSION, min(model.ir_version, 10))
+    return model
+
+
+def _head_node(model: onnx.ModelProto, logits: str) -> onnx.NodeProto:
+    """The Gemm, MatMul(+Add) or Conv that produces the logits, through shape-only nodes."""
+    made_by = producers(model)
+    node = made_by.get(logits)
+    while node is not None and node.op_type in _SHAPE_ONLY:
+        node = made_by.get(node.input[0])
+    if node is not None and node.op_type == "Add":
+        operands = [made_by.get(name) for name in node.input]
+        node = next((n for n in operands if n is not None and n.op_type in ("MatMul", "Gemm", "Conv")), node)
+    if node is None or node.op_type not in ("Gemm", "MatMul", "Conv"):
+        found = "nothing" if node is None else f"{node.op_type} {node.name!r}"
+        raise DLModelFileError(
+            f"cannot replace the classification layer: expected a Gemm, MatMul(+Add) or 1x1 Conv producing "
+            f"{logits!r}, found {found}"
+        )
+    return node
+
+
+def replace_head(model: onnx.ModelProto, logits: str, num_classes: int, seed: int = 0) -> onnx.ModelProto:
+    """A copy whose last layer predicts ``num_classes`` classes, freshly initialised.
+
+    Initialisation: weights ~ Normal(0, 0.01), biases 0 (the usual choice for a new classifier
+    on pretrained features). Only the output dimension changes; everything before stays as is.
+    """
+    model = copy.deepcopy(model)
+    node = _head_node(model, logits)
+    inits = initializers(model)
+    rng = np.random.default_rng(seed)
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        targets = [(node.input[1], 0 if trans_b else 1)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
+    elif node.op_type == "Conv":
+        targets = [(node.input[1], 0)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
+    else:  # MatMul: weights (D, K); a following Add holds the bias
+        targets = [(node.input[1], 1)]
+        after = [n for n in model.graph.node if n.op_type == "Add" and node.output[0] in n.input]
+        targets += [(name, 0) for n in after for name in n.input if name in inits]
+    for name, axis in targets:
+        if name not in inits:
+            raise DLModelFileError(f"cannot replace the classification layer: {name!r} is not an initializer")
+        old = numpy_helper.to_array(inits[name])
+        shape = list(old.shape)
+        shape[axis if old.ndim > 1 else 0] = num_classes
+        is_bias = old.ndim == 1
+        fresh = np.zeros(shape, np.float32) if is_bias else rng.normal(0.0, 0.01, shape).astype(np.float32)
+        inits[name].CopyFrom(numpy_helper.from_array(fresh, name))
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) >= 2 and dims[1].HasField("dim_value"):
+            dims[1].dim_value = num_classes
+    del model.graph.value_info[:]
+    return model
+
+
+def set_initializers(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    """Overwrite initializers in place with ``values`` (same names)."""
+    for init in model.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], dtype=np.float32), init.name))

@@ -1,0 +1,217 @@
+"""The model handle: an inference graph, its parameters and, once trained, its engine state."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import _ort, classification, system
+from . import graph as g
+from . import params as P
+from .errors import DLModelFileError, DLParamError
+from .onnx_builder import GraphBuilder
+from .trainer import Trainer
+
+MODEL_TYPES = {"classification": classification}
+PROBABILITIES = "confidences"  # the output a written classifier ends in
+DEFAULT_IMAGE_SIZE = 224  # for foreign networks whose input size is symbolic
+
+
+class DLModel:
+    """A deep-learning model handle (HALCON's DLModelHandle).
+
+    Use the operators (``get_dl_model_param``, ``train_dl_model_batch``, ...) rather than its
+    methods. One model may be used from several threads: calls on it are serialised by a lock.
+    """
+
+    def __init__(self, network: onnx.ModelProto, params: dict[str, Any]) -> None:
+        self._network = network
+        self._params = params
+        self._trainer: Trainer | None = None
+        self._trainer_key: tuple[Any, ...] | None = None
+        self._inference: Any = None
+        self._inference_key: tuple[Any, ...] | None = None
+        self._weights_changed = False
+        self._steps = 0
+        self.lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        p = self._params
+        return (f"DLModel(type={p['type']!r}, classes={len(p['class_ids'])}, "
+                f"image={p['image_width']}x{p['image_height']}x{p['image_num_channels']}, solver={p['solver_type']!r})")
+
+    @property
+    def kind(self) -> Any:
+        """The module implementing this model's type."""
+        return MODEL_TYPES[self._params["type"]]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The stored parameters (read-only use; change them with set_param)."""
+        return self._params
+
+    # -- parameters ---------------------------------------------------------------------------
+    def get_param(self, name: str) -> Any:
+        """The value of parameter ``name``."""
+        P.spec(name, self._params["type"])
+        p = self._params
+        if name == "num_classes":
+            return len(p["class_ids"])
+        if name == "image_dimensions":
+            return [p["image_width"], p["image_height"], p["image_num_channels"]]
+        if name == "num_trainable_params":
+            inits = g.initializers(self._network)
+            return int(sum(np.prod(inits[w].dims) for w in g.weight_names(self._network)))
+        if name == "class_weights":
+            return classification.class_weights(p).astype(float).tolist()
+        value = p[name]
+        return list(value) if isinstance(value, list) else value
+
+    def set_param(self, name: str, value: Any) -> None:
+        """Validate and set parameter ``name``; on any error nothing changes."""
+        found = P.spec(name, self._params["type"])
+        if not found.settable:
+            raise DLParamError(f"parameter {name!r} is read-only")
+        if name == "image_dimensions":
+            self._set_image_dimensions(P.coerce(name, value, self._params["type"]))
+            return
+        value = P.coerce(name, value, self._params["type"])
+        candidate = dict(self._params, **{name: value})
+        network = self._network
+        if name == "class_ids" and len(value) != len(self._params["class_ids"]):
+            network = g.replace_head(self.network(), g.logits_output(self._network)[0], len(value))
+            candidate["class_names"] = [str(i) for i in value]
+            candidate["class_weights"] = None
+        if name == "runtime":
+            _ort.require_device(value)
+        P.check_consistent(candidate)
+        if name in ("image_width", "image_height"):
+            check_network(network, candidate)
+        self._commit(network, candidate)
+
+    def _set_image_dimensions(self, dims: list[int]) -> None:
+        if len(dims) != 3 or min(dims) < 1:
+            raise DLParamError(f"parameter 'image_dimensions': expected [width, height, channels], got {dims}")
+        if dims[2] != self._params["image_num_channels"]:
+            raise DLParamError(f"parameter 'image_dimensions': the network takes {self._params['image_num_channels']} "
+                               f"channels (fixed by its first layer), got {dims[2]}")
+        candidate = dict(self._params, image_width=dims[0], image_height=dims[1])
+        check_network(self._network, candidate)
+        self._commit(self._network, candidate)
+
+    def _commit(self, network: onnx.ModelProto, params: dict[str, Any]) -> None:
+        if network is not self._network:
+            self._network = network
+            self._inference = None
+        self._params = params
+
+    # -- graphs and sessions ------------------------------------------------------------------
+    def network(self) -> onnx.ModelProto:
+        """The inference graph with the current weights."""
+        if self._trainer is not None and self._weights_changed:
+            g.set_initializers(self._network, self._trainer.weights())
+            self._weights_changed = False
+        return self._network
+
+    def inference_graph(self) -> onnx.ModelProto:
+        """The network ending in class probabilities (what ``write_dl_model`` writes)."""
+        network = self.network()
+        logits, probabilities = g.logits_output(network)
+        if probabilities is not None:
+            return copy.deepcopy(network)
+        model = copy.deepcopy(network)
+        b = GraphBuilder(model.graph)
+        shape = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+        del model.graph.output[:]
+        b.op("Softmax", [logits], name=PROBABILITIES, axis=1)
+        b.output(PROBABILITIES, shape or ["N", len(self._params["class_ids"])])
+        return model
+
+    def trainer(self) -> Trainer:
+        """The engine state for training, (re)built when the graph, size or runtime changed."""
+        p = self._params
+        key = (id(self._network), p["image_width"], p["image_height"], p["runtime"], system.generation())
+        if self._trainer is not None and self._trainer_key == key:
+            return self._trainer
+        old = self._trainer
+        network = self.network()  # current weights, before the old trainer goes
+        tg = self.kind.build_training_graph(network, p)
+        inits = g.initializers(network)
+        running = {name: onnx.numpy_helper.to_array(inits[name]) for bn in tg.batchnorms for name in (bn.mean, bn.var)}
+        state = old.solver.state_arrays() if old is not None else None
+        steps = old.solver.step_count if old is not None else 0
+        self._trainer = Trainer(tg, running, p, p["runtime"], system.get_system("thread_num"),
+                                system.get_system("cudnn_deterministic"), state, steps)
+        self._trainer_key = key
+        return self._trainer
+
+    def weights_changed(self) -> None:
+        """Note that a training step changed the weights held by the engine."""
+        self._weights_changed = True
+        self._inference = None
+        self._steps += 1
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """The probabilities of the inference graph for an NCHW batch."""
+        p = self._params
+        key = (p["runtime"], system.generation())
+        if self._inference is None or self._inference_key != key:
+            rt = _ort.ort()
+            deterministic = system.get_system("cudnn_deterministic")
+            options = _ort.session_options(system.get_system("thread_num"), deterministic)
+            _ort.require_device(p["runtime"])
+            model = self.inference_graph()
+            self._inference = rt.InferenceSession(model.SerializeToString(), options,
+                                                  providers=_ort.providers(p["runtime"], deterministic))
+            self._inference_key = key
+        name = self._inference.get_inputs()[0].name
+        return self._inference.run(None, {name: batch})[0]
+
+
+def check_network(network: onnx.ModelProto, params: dict[str, Any]) -> None:
+    """Raise unless the network maps an image of the parameters' size to one score per class."""
+    dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
+    try:
+        shapes = g.tensor_shapes(g.with_input_shape(network, dims))
+    except DLModelFileError as exc:
+        raise DLParamError(f"the network does not accept {dims[3]} x {dims[2]} x {dims[1]} images: {exc}") from exc
+    logits, _ = g.logits_output(network)
+    shape = shapes.get(logits)
+    expected = len(params["class_ids"])
+    if shape is not None and (len(shape) != 2 or shape[1] not in (None, expected)):
+        raise DLParamError(f"the network maps {dims[3]} x {dims[2]} x {dims[1]} images to {logits!r} of shape "
+                           f"{shape}; expected (N, {expected})")
+
+
+def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, Any] | None = None) -> DLModel:
+    """A model handle for ``network`` with default parameters, overridden by ``stored`` ones."""
+    if model_type not in MODEL_TYPES:
+        raise DLParamError(f"model type {model_type!r} is not supported; supported: {sorted(MODEL_TYPES)}")
+    network = g.supported_opset(network)
+    channels, height, width = g.input_dims(network)
+    if channels is None:
+        raise DLModelFileError("the image input has a symbolic channel count; expected a fixed C in (N, C, H, W)")
+    params = P.defaults(model_type)
+    params.update({"type": model_type, "image_num_channels": channels,
+                   "image_width": width or DEFAULT_IMAGE_SIZE, "image_height": height or DEFAULT_IMAGE_SIZE})
+    logits, _ = g.logits_output(network)
+    shapes = g.tensor_shapes(g.with_input_shape(network, [1, channels, params["image_height"], params["image_width"]]))
+    shape = shapes.get(logits)
+    if not shape or len(shape) != 2 or shape[1] is None:
+        raise DLModelFileError(f"output {logits!r}: expected class scores of shape (N, K), got {shape}")
+    params["class_ids"] = list(range(shape[1]))
+    for name, value in (stored or {}).items():
+        if name in params and name not in P.DERIVED:
+            params[name] = P.coerce(name, value, model_type) if value is not None else None
+    if params.get("class_names") is None:
+        params["class_names"] = [str(i) for i in params["class_ids"]]
+    if len(params["class_ids"]) != shape[1]:
+        raise DLModelFileError(f"the stored class_ids list {len(params['class_ids'])} classes, the network "
+                               f"predicts {shape[1]}")
+    P.check_consistent(params)
+    check_network(network, params)
+    return DLModel(network, params)

@@ -1,0 +1,69 @@
+"""The HALCON operators on a model handle: parameters, one training step, inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import samples as sample_checks
+from .errors import DLParamError
+from .model import DLModel
+
+
+def _model(model: Any) -> DLModel:
+    if not isinstance(model, DLModel):
+        raise DLParamError(f"expected a DLModel (from read_dl_model), got {type(model).__name__}")
+    return model
+
+
+def get_dl_model_param(model: DLModel, name: str) -> Any:
+    """Return the value of model parameter ``name`` (HALCON's names)."""
+    with _model(model).lock:
+        return model.get_param(name)
+
+
+def set_dl_model_param(model: DLModel, name: str, value: Any) -> None:
+    """Set model parameter ``name``; an unknown name or a bad value raises and changes nothing.
+
+    Setting ``class_ids`` to a different number of classes replaces the classification layer
+    (new weights ~ Normal(0, 0.01), biases 0): the transfer-learning path.
+    """
+    with _model(model).lock:
+        model.set_param(name, value)
+
+
+def train_dl_model_batch(model: DLModel, samples: list[dict[str, Any]]) -> dict[str, float]:
+    """One weight update of ``model`` from ``samples``; returns the loss values.
+
+    ``len(samples)`` is a multiple of ``batch_size`` (exactly ``batch_size *
+    batch_size_multiplier`` when the multiplier is above 1). Chunks of ``batch_size`` run
+    forward and backward, their gradients add up to the gradient of the whole batch's loss, and
+    one solver update follows. Returns ``total_loss`` and its parts (``loss_<name>``), which sum
+    to it. On any error the model is left exactly as it was.
+    """
+    with _model(model).lock:
+        params = model.params
+        batch = sample_checks.check_sample_list(samples, "train_dl_model_batch")
+        chunks = sample_checks.chunk_count(len(batch), params["batch_size"], params["batch_size_multiplier"])
+        feeds = model.kind.train_chunks(batch, params, chunks)
+        trainer = model.trainer()
+        result = trainer.step(feeds, params)
+        model.weights_changed()
+        return result
+
+
+def apply_dl_model(model: DLModel, samples: list[dict[str, Any]], outputs: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the model on ``samples`` (any number); one result dict per sample.
+
+    Classification: ``classification_class_ids``, ``classification_class_names`` and
+    ``classification_confidences``, sorted by descending confidence. ``outputs`` selects keys.
+    """
+    with _model(model).lock:
+        params = model.params
+        batch = sample_checks.check_sample_list(samples, "apply_dl_model")
+        keys = list(model.kind.RESULT_KEYS) if outputs is None else list(outputs)
+        images = sample_checks.images(batch, params)
+        step = params["batch_size"]
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(images), step):
+            results += model.kind.results(model.predict(images[start:start + step]), params, keys)
+        return results

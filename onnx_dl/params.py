@@ -1,0 +1,174 @@
+"""The model parameters: one spec table with HALCON's names, types, defaults and valid ranges.
+
+``coerce(name, value, model_type)`` turns a user value into the stored form or raises a
+:class:`DLParamError`; the cross-parameter rules (lengths of class lists) live in
+:func:`check_consistent`. Values are plain Python scalars and lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import DLParamError
+
+MODEL_TYPES = ("classification", "segmentation", "detection")
+ALL = frozenset(MODEL_TYPES)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One model parameter: its kind, default, range check and the model types it applies to."""
+
+    name: str
+    kind: str  # 'int' | 'float' | 'str' | 'int_list' | 'float_list' | 'str_list'
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] = lambda value: None  # returns what is wrong, or None
+    types: frozenset[str] = ALL
+    settable: bool = True
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"a value >= {low}"
+
+
+def _above(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v > low else f"a value > {low}"
+
+
+def _unit_interval(v: float) -> str | None:
+    return None if 0.0 <= v < 1.0 else "a value in [0, 1)"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"one of {list(choices)}"
+
+
+def _unique_ids(v: list[int]) -> str | None:
+    if not v:
+        return "at least one class id"
+    if len(set(v)) != len(v):
+        return "unique class ids"
+    return None if min(v) >= 0 else "class ids >= 0"
+
+
+def _class_weights(v: list[float]) -> str | None:
+    return None if v and min(v) >= 0.0 else "a non-empty list of weights >= 0"
+
+
+def _ids(v: list[int]) -> str | None:
+    return None if all(i >= 0 for i in v) else "class ids >= 0"
+
+
+SPECS: dict[str, ParamSpec] = {
+    s.name: s
+    for s in [
+        ParamSpec("type", "str", None, "model type (read-only)", _one_of(*MODEL_TYPES), settable=False),
+        ParamSpec("runtime", "str", "cpu", "execution device: 'cpu' or 'gpu' (CUDA)", _one_of("cpu", "gpu")),
+        ParamSpec("batch_size", "int", 8, "images per forward/backward pass", _at_least(1)),
+        ParamSpec("batch_size_multiplier", "int", 1, "chunks of batch_size per weight update", _at_least(1)),
+        ParamSpec("learning_rate", "float", 0.001, "step size of the solver", _above(0.0)),
+        ParamSpec("momentum", "float", 0.9, "SGD momentum mu in v = mu*v - lr*g", _unit_interval),
+        ParamSpec("solver_type", "str", "sgd", "'sgd' (with momentum) or 'adam'", _one_of("sgd", "adam")),
+        ParamSpec("adam_beta1", "float", 0.9, "Adam decay of the first moment", _unit_interval),
+        ParamSpec("adam_beta2", "float", 0.999, "Adam decay of the second moment", _unit_interval),
+        ParamSpec("adam_epsilon", "float", 1e-8, "Adam epsilon, added to the root of the second moment", _above(0.0)),
+        ParamSpec("weight_prior", "float", 0.0, "L2 factor alpha: loss += alpha/2 * sum(w^2), biases excluded", _at_least(0.0)),
+        ParamSpec("class_ids", "int_list", None, "class ids in output order", _unique_ids),
+        ParamSpec("class_names", "str_list", None, "one name per class id"),
+        ParamSpec("num_classes", "int", None, "number of classes (read-only, from class_ids)", settable=False),
+        ParamSpec("class_weights", "float_list", None, "loss weight per class (default 1.0 each)", _class_weights,
+                  types=frozenset({"classification", "segmentation"})),
+        ParamSpec("ignore_class_ids", "int_list", [], "class ids whose pixels add no loss", _ids,
+                  types=frozenset({"segmentation"})),
+        ParamSpec("image_width", "int", None, "network input width", _at_least(1)),
+        ParamSpec("image_height", "int", None, "network input height", _at_least(1)),
+        ParamSpec("image_num_channels", "int", None, "network input channels (fixed by the first layer)", _at_least(1),
+                  settable=False),
+        ParamSpec("image_dimensions", "int_list", None, "[width, height, channels]"),
+        ParamSpec("image_range_min", "float", -127.0, "lowest input value the network expects"),
+        ParamSpec("image_range_max", "float", 128.0, "highest input value the network expects"),
+        ParamSpec("num_trainable_params", "int", None, "number of trained weights (read-only)", settable=False),
+    ]
+}
+
+# Parameters that are stored in the model; the others are derived on read.
+DERIVED = ("num_classes", "image_dimensions", "num_trainable_params")
+
+
+def spec(name: str, model_type: str) -> ParamSpec:
+    """The spec of ``name`` for a model of ``model_type``; raise for unknown or foreign names."""
+    if not isinstance(name, str) or name not in SPECS:
+        raise DLParamError(f"unknown model parameter {name!r}; known: {', '.join(sorted(SPECS))}")
+    found = SPECS[name]
+    if model_type not in found.types:
+        raise DLParamError(f"parameter {name!r} does not apply to a {model_type} model")
+    return found
+
+
+def _scalar(name: str, kind: str, value: Any) -> Any:
+    if kind == "int":
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise DLParamError(f"parameter {name!r}: expected an int, got {value!r} ({type(value).__name__})")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise DLParamError(f"parameter {name!r}: expected a number, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(float(value)):
+            raise DLParamError(f"parameter {name!r}: expected a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise DLParamError(f"parameter {name!r}: expected a string, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def coerce(name: str, value: Any, model_type: str) -> Any:
+    """Validate ``value`` for parameter ``name`` and return it in stored form."""
+    found = spec(name, model_type)
+    if found.kind.endswith("_list"):
+        if isinstance(value, np.ndarray):
+            value = value.tolist() if value.ndim == 1 else value
+        elif isinstance(value, (int, float, str, np.integer, np.floating)) and not isinstance(value, bool):
+            value = [value]  # HALCON tuples of one element are plain values
+        if not isinstance(value, (list, tuple)):
+            raise DLParamError(f"parameter {name!r}: expected a list, got {value!r} ({type(value).__name__})")
+        result: Any = [_scalar(name, found.kind[:-5], item) for item in value]
+    else:
+        result = _scalar(name, found.kind, value)
+    problem = found.check(result)
+    if problem is not None:
+        raise DLParamError(f"parameter {name!r}: expected {problem}, got {value!r}")
+    return result
+
+
+def defaults(model_type: str) -> dict[str, Any]:
+    """The stored parameters of a fresh model of ``model_type`` (model-specific ones are None)."""
+    return {
+        s.name: (list(s.default) if isinstance(s.default, list) else s.default)
+        for s in SPECS.values()
+        if model_type in s.types and s.name not in DERIVED
+    }
+
+
+def check_consistent(params: dict[str, Any]) -> None:
+    """Raise if the class lists disagree in length or the value range is empty."""
+    ids = params["class_ids"]
+    if params.get("class_names") is not None and len(params["class_names"]) != len(ids):
+        raise DLParamError(
+            f"parameter 'class_names': expected {len(ids)} names (one per class id), got {len(params['class_names'])}"
+        )
+    weights = params.get("class_weights")
+    if weights is not None and len(weights) != len(ids):
+        raise DLParamError(
+            f"parameter 'class_weights': expected {len(ids)} weights (one per class id), got {len(weights)}"
+        )
+    if params["image_range_min"] >= params["image_range_max"]:
+        raise DLParamError(
+            f"parameters 'image_range_min' < 'image_range_max' expected, got "
+            f"{params['image_range_min']} and {params['image_range_max']}"
+        )

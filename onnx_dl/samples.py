@@ -1,0 +1,108 @@
+"""Validating and collating sample dictionaries into the arrays the engine is fed.
+
+Every check runs before anything touches the model, and every error names the sample index,
+the key, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import DLSampleError
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def check_sample_list(samples: Any, what: str) -> list[dict[str, Any]]:
+    """``samples`` as a non-empty list of dicts."""
+    if isinstance(samples, dict):
+        samples = [samples]
+    if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
+        raise DLSampleError(f"{what}: expected a list of sample dicts, got {_describe(samples)}")
+    if len(samples) == 0:
+        raise DLSampleError(f"{what}: expected at least one sample, got an empty list")
+    for index, sample in enumerate(samples):
+        if not isinstance(sample, dict):
+            raise DLSampleError(f"sample {index}: expected a dict, got {_describe(sample)}")
+    return list(samples)
+
+
+def chunk_count(count: int, batch_size: int, multiplier: int) -> int:
+    """How many chunks of ``batch_size`` one training step of ``count`` samples runs."""
+    if multiplier > 1 and count != batch_size * multiplier:
+        raise DLSampleError(
+            f"train_dl_model_batch: expected batch_size * batch_size_multiplier = {batch_size} * {multiplier} "
+            f"= {batch_size * multiplier} samples, got {count}"
+        )
+    if count % batch_size != 0:
+        raise DLSampleError(
+            f"train_dl_model_batch: expected a multiple of batch_size = {batch_size} samples, got {count}"
+        )
+    return count // batch_size
+
+
+def _require(sample: dict[str, Any], index: int, key: str) -> Any:
+    if key not in sample:
+        raise DLSampleError(f"sample {index}: missing key {key!r} (keys present: {sorted(map(str, sample))})")
+    return sample[key]
+
+
+def images(samples: list[dict[str, Any]], params: dict[str, Any]) -> np.ndarray:
+    """The samples' ``image`` arrays as one float32 NCHW batch, checked against the model's size."""
+    width, height, channels = params["image_width"], params["image_height"], params["image_num_channels"]
+    expected = (height, width) if channels == 1 else (height, width, channels)
+    batch = np.empty((len(samples), channels, height, width), np.float32)
+    for index, sample in enumerate(samples):
+        image = _require(sample, index, "image")
+        if not isinstance(image, np.ndarray) or image.dtype.kind not in "fiu":
+            raise DLSampleError(f"sample {index}, key 'image': expected a numeric NumPy array of shape "
+                                f"{expected}, got {_describe(image)}")
+        if channels == 1 and image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.shape != expected:
+            raise DLSampleError(f"sample {index}, key 'image': expected shape {expected} (height, width"
+                                f"{', channels' if channels > 1 else ''}) for the model's {width} x {height} x "
+                                f"{channels} input, got shape {image.shape}")
+        batch[index] = image if channels == 1 else np.moveaxis(image, 2, 0)
+    if not np.isfinite(batch).all():
+        index = next(i for i in range(len(batch)) if not np.isfinite(batch[i]).all())
+        raise DLSampleError(f"sample {index}, key 'image': expected finite values, got NaN or infinity "
+                            f"(or a value beyond float32)")
+    return batch
+
+
+def _as_label(value: Any) -> int | None:
+    """An integer label from an int, an integral float or a one-element array/list; else None."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def label_indices(samples: list[dict[str, Any]], class_ids: list[int], key: str = "image_label_id") -> np.ndarray:
+    """The class index (position in ``class_ids``) of each sample's ``key``."""
+    position = {cid: i for i, cid in enumerate(class_ids)}
+    result = np.empty(len(samples), np.int64)
+    for index, sample in enumerate(samples):
+        raw = _require(sample, index, key)
+        label = _as_label(raw)
+        if label is None or label not in position:
+            shown = class_ids if len(class_ids) <= 20 else f"{class_ids[:20]}..."
+            raise DLSampleError(f"sample {index}, key {key!r}: expected one of the model's class_ids {shown}, "
+                                f"got {_describe(raw)}")
+        result[index] = position[label]
+    return result

@@ -1,0 +1,61 @@
+"""Synthetic datasets: coloured shapes on textured backgrounds, for examples, tests and demos.
+
+Images are float32 (H, W, 3) in the default value range -127..128, as preprocessed samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+def shape_mask(kind: str, size: int, row: float, col: float, radius: float) -> np.ndarray:
+    """Boolean (size, size) mask of one shape centred at (row, col) with half-extent ``radius``."""
+    r, c = np.mgrid[0:size, 0:size].astype(np.float32)
+    dr, dc = r - row, c - col
+    if kind == "circle":
+        return dr**2 + dc**2 <= radius**2
+    if kind == "square":
+        return (np.abs(dr) <= radius * 0.85) & (np.abs(dc) <= radius * 0.85)
+    if kind == "triangle":  # apex up: width grows linearly from top to bottom
+        inside_rows = (dr >= -radius) & (dr <= radius)
+        return inside_rows & (np.abs(dc) <= (dr + radius) / 2.0)
+    if kind == "cross":
+        arm = radius * 0.35
+        return ((np.abs(dr) <= arm) & (np.abs(dc) <= radius)) | ((np.abs(dc) <= arm) & (np.abs(dr) <= radius))
+    raise ValueError(f"unknown shape {kind!r}; known: {SHAPES}")
+
+
+def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float32 background: a random colour, a gradient and noise, values 0..255."""
+    base = rng.uniform(40, 215, 3).astype(np.float32)
+    ramp = np.linspace(-25, 25, size, dtype=np.float32)
+    direction = rng.uniform(-1, 1, 2).astype(np.float32)
+    gradient = direction[0] * ramp[:, None] + direction[1] * ramp[None, :]
+    noise = rng.normal(0, 8, (size, size, 3)).astype(np.float32)
+    return np.clip(base + gradient[..., None] + noise, 0, 255)
+
+
+def classification_samples(count: int, size: int = 32, seed: int = 0,
+                           class_ids: tuple[int, ...] = (0, 1, 2, 3)) -> list[dict[str, Any]]:
+    """``count`` samples with one shape each; the class is the shape (``SHAPES[i]`` for ``class_ids[i]``)."""
+    if not 1 <= len(class_ids) <= len(SHAPES):
+        raise ValueError(f"between 1 and {len(SHAPES)} classes, got {len(class_ids)}")
+    rng = np.random.default_rng(seed)
+    result = []
+    for index in range(count):
+        label = index % len(class_ids)
+        image = textured_background(rng, size)
+        radius = rng.uniform(0.28, 0.42) * size
+        row, col = rng.uniform(radius, size - radius, 2)
+        mask = shape_mask(SHAPES[label], size, row, col, radius)
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        while np.abs(colour - image[mask].mean(axis=0)).max() < 60:  # keep the shape visible
+            colour = rng.uniform(0, 255, 3).astype(np.float32)
+        image[mask] = colour
+        result.append({"image": image - 127.0, "image_label_id": class_ids[label], "image_id": index})
+    order = rng.permutation(count)
+    return [result[i] for i in order]

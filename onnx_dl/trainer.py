@@ -1,0 +1,92 @@
+"""One training step of a model: chunks through the engine, checks, one update, BN statistics.
+
+Nothing of the model changes until every chunk has run and every loss and gradient is finite:
+gradients wait in the engine's buffers (discarded on failure), the solver updates once, and the
+batch-norm running statistics are updated on the host from the batch statistics of each chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import GRADIENT_CHECK, TrainingSession
+from .errors import DLNonFiniteError, DLParamError
+from .optimizers import Solver
+from .training_graph import TrainingGraph
+
+
+class Trainer:
+    """The engine session, the solver and the batch-norm running statistics of one model."""
+
+    def __init__(self, tg: TrainingGraph, running_stats: dict[str, np.ndarray], params: dict[str, Any],
+                 runtime: str, threads: int, deterministic: bool,
+                 solver_state: dict[str, dict[str, np.ndarray]] | None = None, solver_steps: int = 0) -> None:
+        self.graph = tg
+        self.session = TrainingSession(tg, runtime, threads, deterministic)
+        self._engine = (runtime, threads, deterministic)
+        self.solver = Solver(params["solver_type"], self.session, *self._engine, state=solver_state, step=solver_steps)
+        self.running = {name: np.array(value, np.float32) for name, value in running_stats.items()}
+
+    def _check_batchnorm_size(self, chunk_size: int) -> None:
+        for bn in self.graph.batchnorms:
+            values = chunk_size * self.graph.bn_elements.get(bn.node, 0)
+            if values == 1:
+                raise DLParamError(
+                    f"batch norm {bn.node!r} sees one value per channel with batch_size {chunk_size}: "
+                    f"training needs more than one; raise 'batch_size'"
+                )
+
+    def step(self, chunks: list[list[np.ndarray]], params: dict[str, Any]) -> dict[str, float]:
+        """One weight update from ``chunks`` (the per-chunk feeds without the weight prior)."""
+        chunk_size = len(chunks[0][0])
+        self._check_batchnorm_size(chunk_size)
+        solver = self.solver
+        if solver.kind != params["solver_type"]:  # a new solver starts from a zero state
+            solver = Solver(params["solver_type"], self.session, *self._engine)
+        totals = dict.fromkeys(self.graph.losses, 0.0)
+        batch_stats = []
+        try:
+            for index, feeds in enumerate(chunks):
+                prior = np.array(params["weight_prior"] if index == 0 else 0.0, np.float32)
+                outputs = self.session.run([*feeds, prior])
+                self._check_finite(outputs, index, len(chunks))
+                for name in totals:
+                    totals[name] += float(outputs[name])
+                batch_stats.append({bn: (outputs[m], outputs[s]) for bn, (m, s) in self.session.bn_outputs.items()})
+        except BaseException:
+            self.session.reset_grad()  # the next step starts from fresh gradients
+            raise
+        solver.apply(params)
+        self.session.reset_grad()
+        self.solver = solver
+        for stats in batch_stats:
+            self._update_running_stats(stats, chunk_size)
+        return totals
+
+    def _check_finite(self, outputs: dict[str, np.ndarray], index: int, count: int) -> None:
+        bad = [name for name in self.graph.losses if not np.isfinite(outputs[name])]
+        where = f"chunk {index + 1} of {count}"
+        if bad:
+            values = ", ".join(f"{name}={float(outputs[name])}" for name in bad)
+            raise DLNonFiniteError(f"{where}: the loss went non-finite ({values}); no update was applied")
+        if not np.isfinite(outputs[GRADIENT_CHECK]):
+            raise DLNonFiniteError(f"{where}: a gradient went non-finite although the loss is finite; "
+                                   f"no update was applied")
+
+    def _update_running_stats(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], chunk_size: int) -> None:
+        """running = momentum * running + (1 - momentum) * batch, with the unbiased batch variance."""
+        for bn in self.graph.batchnorms:
+            mean, inv_std = (np.asarray(a, np.float64) for a in stats[bn.node])
+            n = chunk_size * self.graph.bn_elements.get(bn.node, 0)
+            variance = 1.0 / np.square(inv_std) - bn.epsilon  # the engine keeps 1 / sqrt(var + eps)
+            if n > 1:
+                variance *= n / (n - 1)
+            m = bn.momentum
+            self.running[bn.mean] = (m * self.running[bn.mean] + (1 - m) * mean).astype(np.float32)
+            self.running[bn.var] = (m * self.running[bn.var] + (1 - m) * variance).astype(np.float32)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Copies of every trained weight and running statistic."""
+        return {**self.session.weights(), **{k: v.copy() for k, v in self.running.items()}}

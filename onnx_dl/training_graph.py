@@ -1,0 +1,89 @@
+"""The training graph: an inference graph with fixed image shape, the loss of its model type, the
+weight prior and the total loss as outputs.
+
+Every hyper-parameter the user may change between steps is a graph input (class weights, the
+weight prior, normalisers), so changing it never regenerates training artifacts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import TensorProto
+
+from . import graph as g
+from . import losses
+from .onnx_builder import GraphBuilder
+
+TOTAL = "total_loss"
+PRIOR = "loss_weight_prior"
+WEIGHT_PRIOR_INPUT = "weight_prior"
+
+
+@dataclass
+class TrainingGraph:
+    """A forward graph with losses, ready for artifact generation."""
+
+    model: onnx.ModelProto
+    inputs: list[str]  # fed every chunk, in the engine's order
+    losses: list[str]  # scalar outputs: total first, then the parts
+    trainable: list[str]
+    batchnorms: list[g.BatchNormStats]
+    bn_elements: dict[str, int] = field(default_factory=dict)  # per-sample values per channel at each BN input
+
+
+def _loss_graph(forward: onnx.ModelProto, image_dims: tuple[int, int, int]) -> tuple[onnx.ModelProto, GraphBuilder]:
+    model = g.with_input_shape(g.inference_form(forward), ["N", *image_dims])
+    del model.graph.output[:]
+    return model, GraphBuilder(model.graph, prefix="loss/")
+
+
+def _finish(model: onnx.ModelProto, b: GraphBuilder, parts: dict[str, str], trainable: list[str],
+            inputs: list[str], forward: onnx.ModelProto, image_dims: tuple[int, int, int]) -> TrainingGraph:
+    """Add the weight prior and the total loss, declare the outputs and describe the result."""
+    biases = g.bias_names(model)
+    prior_weights = [w for w in trainable if w not in biases]
+    b.input(WEIGHT_PRIOR_INPUT, [])
+    parts = {**parts, PRIOR: losses.weight_prior(b, prior_weights, WEIGHT_PRIOR_INPUT)}
+    total = None
+    for tensor in parts.values():
+        total = tensor if total is None else b.op("Add", [total, tensor], "total")
+    named = {TOTAL: total, **parts}
+    for out_name, tensor in named.items():
+        model.graph.node.append(onnx.helper.make_node("Identity", [tensor], [out_name], name=f"{out_name}_identity"))
+        b.output(out_name, [])
+    stats = g.batchnorm_stats(model)
+    shapes = g.tensor_shapes(g.with_input_shape(forward, [1, *image_dims]))  # per-sample shapes
+    elements = {}
+    for bn in stats:
+        dims = shapes.get(bn.input, [])
+        elements[bn.node] = int(_product(dims[2:])) if dims and None not in dims else 0
+    return TrainingGraph(model=model, inputs=[*inputs, WEIGHT_PRIOR_INPUT], losses=list(named),
+                         trainable=trainable, batchnorms=stats, bn_elements=elements)
+
+
+def _product(values: list[int]) -> int:
+    result = 1
+    for v in values:
+        result *= v
+    return result
+
+
+def classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int,
+                   trainable: list[str] | None = None) -> TrainingGraph:
+    """Training graph of a classifier: weighted cross-entropy on the logits + weight prior.
+
+    Inputs per chunk: the image (N, C, H, W), ``labels`` (N,) class indices, ``class_weights`` (K,),
+    ``ce_normalizer`` (sum of the weights of all samples of the step), ``weight_prior``.
+    """
+    model, b = _loss_graph(forward, image_dims)
+    logits, _ = g.logits_output(forward)
+    image = g.image_input(model).name
+    b.input("labels", ["N"], TensorProto.INT64)
+    b.input("class_weights", [num_classes])
+    b.input("ce_normalizer", [])
+    ce = losses.cross_entropy(b, logits, "labels", "class_weights", "ce_normalizer")
+    weights = trainable if trainable is not None else g.weight_names(model)
+    return _finish(model, b, {"loss_cross_entropy": ce}, weights,
+                   [image, "labels", "class_weights", "ce_normalizer"], forward, image_dims)

@@ -1,0 +1,38 @@
+"""Write the bundled networks to onnx_dl/models (run after changing onnx_dl/nets.py).
+
+    python tools/build_models.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from onnx_dl import nets
+from onnx_dl.serialization import FORMAT_VERSION, METADATA_KEY, write_atomically
+
+MODELS = Path(__file__).resolve().parent.parent / "onnx_dl" / "models"
+
+BUNDLED = {
+    "classifier_compact": (
+        nets.classifier_compact(num_classes=10),
+        {"type": "classification", "image_width": 224, "image_height": 224, "image_num_channels": 3,
+         "image_range_min": -127.0, "image_range_max": 128.0, "batch_size": 8, "learning_rate": 0.01,
+         "momentum": 0.9, "weight_prior": 0.0001, "solver_type": "sgd"},
+    ),
+}
+
+
+def main() -> None:
+    """Build every bundled network and write it with its default parameters."""
+    MODELS.mkdir(exist_ok=True)
+    for name, (model, params) in BUNDLED.items():
+        entry = model.metadata_props.add()
+        entry.key = METADATA_KEY
+        entry.value = json.dumps({"format": FORMAT_VERSION, "params": params})
+        write_atomically(MODELS / f"{name}.onnx", model.SerializeToString())
+        print(f"wrote {MODELS / (name + '.onnx')}")
+
+
+if __name__ == "__main__":
+    main()
