@@ -90,7 +90,7 @@ class DLModel:
             _ort.require_device(value)
         P.check_consistent(candidate)
         if name in ("image_width", "image_height"):
-            check_network(network, candidate)
+            check_network(network, candidate, probe=True)
         self._commit(network, candidate)
 
     def _set_image_dimensions(self, dims: list[int]) -> None:
@@ -100,7 +100,7 @@ class DLModel:
             raise DLParamError(f"parameter 'image_dimensions': the network takes {self._params['image_num_channels']} "
                                f"channels (fixed by its first layer), got {dims[2]}")
         candidate = dict(self._params, image_width=dims[0], image_height=dims[1])
-        check_network(self._network, candidate)
+        check_network(self._network, candidate, probe=True)
         self._commit(self._network, candidate)
 
     def _commit(self, network: onnx.ModelProto, params: dict[str, Any]) -> None:
@@ -172,8 +172,12 @@ class DLModel:
         return self._inference.run(None, {name: batch})[0]
 
 
-def check_network(network: onnx.ModelProto, params: dict[str, Any]) -> None:
-    """Raise unless the network maps an image of the parameters' size to one score per class."""
+def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool = False) -> None:
+    """Raise unless the network maps an image of the parameters' size to one score per class.
+
+    Shape inference alone misses some mismatches (it skips Gemm's inner size); ``probe`` adds a
+    forward pass of a zero image.
+    """
     dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
     try:
         shapes = g.tensor_shapes(g.with_input_shape(network, dims))
@@ -181,10 +185,27 @@ def check_network(network: onnx.ModelProto, params: dict[str, Any]) -> None:
         raise DLParamError(f"the network does not accept {dims[3]} x {dims[2]} x {dims[1]} images: {exc}") from exc
     logits, _ = g.logits_output(network)
     shape = shapes.get(logits)
+    if probe or shape is None or None in shape:
+        shape = _forward_shape(network, dims, logits)
     expected = len(params["class_ids"])
-    if shape is not None and (len(shape) != 2 or shape[1] not in (None, expected)):
+    if len(shape) != 2 or shape[1] != expected:
         raise DLParamError(f"the network maps {dims[3]} x {dims[2]} x {dims[1]} images to {logits!r} of shape "
                            f"{shape}; expected (N, {expected})")
+
+
+def _forward_shape(network: onnx.ModelProto, dims: list[int], logits: str) -> list[int]:
+    """The shape of ``logits`` from one forward pass of a zero image (needs the engine)."""
+    probe = copy.deepcopy(network)
+    del probe.graph.output[:]
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
+    rt = _ort.ort()
+    try:
+        session = rt.InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
+                                      providers=["CPUExecutionProvider"])
+        out = session.run(None, {g.image_input(probe).name: np.zeros(dims, np.float32)})[0]
+    except Exception as exc:
+        raise DLParamError(f"the network does not accept {dims[3]} x {dims[2]} x {dims[1]} images: {exc}") from exc
+    return list(out.shape)
 
 
 def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, Any] | None = None) -> DLModel:
