@@ -26,13 +26,13 @@ def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], classes: i
     return model
 
 
-def linear_network(classes: int = CLASSES, seed: int = 0) -> onnx.ModelProto:
+def linear_network(classes: int = CLASSES, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """image (N, 2, 4, 4) -> Flatten -> Gemm(transB) -> logits: gradients known in closed form."""
     rng = np.random.default_rng(seed)
     inits = {"fc.weight": rng.normal(0, 0.3, (classes, CHANNELS * SIZE * SIZE)), "fc.bias": rng.normal(0, 0.1, classes)}
     nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1)]
-    return _model(nodes, inits, classes)
+    return _model(nodes, inits, classes, opset)
 
 
 def bn_network(classes: int = CLASSES, training_mode: bool = False, seed: int = 0) -> onnx.ModelProto:

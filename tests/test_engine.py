@@ -1,0 +1,79 @@
+"""Imports without torch or engine, system settings, the engine's temporary files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+import onnx_dl as dl
+from conftest import image_samples
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_training_never_imports_torch():
+    done = _python("import sys, numpy as np, onnx_dl as dl\n"
+                   "m = dl.read_dl_model('classifier_compact')\n"
+                   "dl.set_dl_model_param(m, 'image_dimensions', [32, 32, 3]); dl.set_dl_model_param(m, 'batch_size', 2)\n"
+                   "dl.train_dl_model_batch(m, [{'image': np.zeros((32, 32, 3)), 'image_label_id': i} for i in (0, 1)])\n"
+                   "print('torch' in sys.modules)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_import_without_engine_and_clear_error_at_first_use():
+    done = _python("import sys; sys.modules['onnxruntime'] = None\n"
+                   "import onnx_dl as dl\n"
+                   "m = dl.read_dl_model('classifier_compact')\n"
+                   "try:\n"
+                   "    dl.apply_dl_model(m, [{'image': __import__('numpy').zeros((224, 224, 3))}])\n"
+                   "except dl.DLRuntimeError as e: print(e)")
+    assert done.returncode == 0, done.stderr
+    assert "onnx_dl[cpu]" in done.stdout
+
+
+def test_system_settings():
+    assert dl.get_system("thread_num") >= 1
+    assert dl.get_system("cudnn_deterministic") is False
+    with pytest.raises(dl.DLParamError, match="thread_num"):
+        dl.set_system("thread_num", 0)
+    with pytest.raises(dl.DLParamError, match="unknown setting"):
+        dl.set_system("threads", 2)
+    with pytest.raises(dl.DLParamError, match="unknown setting"):
+        dl.get_system("threads")
+
+
+def test_thread_change_rebuilds_sessions_and_results_stay_identical(tmp_path):
+    from conftest import linear_network, load, weights
+    import numpy as np
+    original = dl.get_system("thread_num")
+    a = load(tmp_path, linear_network(), batch_size=4)
+    b = load(tmp_path, linear_network(), batch_size=4)
+    try:
+        for step in range(3):
+            samples = image_samples(4, [0, 1, 2], seed=step)
+            dl.set_system("thread_num", 1)
+            dl.train_dl_model_batch(a, samples)
+            dl.set_system("thread_num", 2)
+            dl.train_dl_model_batch(a, image_samples(4, [0, 1, 2], seed=step + 10))
+            dl.train_dl_model_batch(b, samples)
+            dl.train_dl_model_batch(b, image_samples(4, [0, 1, 2], seed=step + 10))
+        for name, value in weights(a).items():
+            assert np.array_equal(weights(b)[name], value), name
+    finally:
+        dl.set_system("thread_num", original)
+
+
+def test_no_temporary_files_left(tmp_path, linear_model):
+    before = set(os.listdir(tempfile.gettempdir()))
+    for step in range(3):
+        dl.train_dl_model_batch(linear_model, image_samples(4, [0, 1, 2], seed=step))
+    dl.set_dl_model_param(linear_model, "class_ids", [0, 1, 2, 3])
+    dl.train_dl_model_batch(linear_model, image_samples(4, [0, 1, 2, 3]))
+    assert {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("onnx_dl_")} == set()
