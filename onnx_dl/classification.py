@@ -20,6 +20,11 @@ def class_weights(params: dict[str, Any]) -> np.ndarray:
     return np.asarray(weights if weights is not None else [1.0] * len(params["class_ids"]), np.float32)
 
 
+def score_shape(params: dict[str, Any]) -> list[int]:
+    """Shape of the network's scores per image: (K,)."""
+    return [len(params["class_ids"])]
+
+
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
                          trainable: list[str] | None = None) -> training_graph.TrainingGraph:
     """The training graph of a classifier at the model's image size."""
@@ -27,8 +32,9 @@ def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
     return training_graph.classification(network, dims, len(params["class_ids"]), trainable)
 
 
-def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: int) -> list[list[np.ndarray]]:
-    """Feeds of each chunk: image, labels, class weights and the step-wide normaliser sum_n w[y_n]."""
+def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: int) -> tuple[list[list[np.ndarray]], bool]:
+    """Feeds of each chunk (image, labels, class weights, the step-wide normaliser sum_n w[y_n]) and
+    whether the step carries any weight (samples whose classes all weigh 0 do not)."""
     images = sample_checks.images(samples, params)
     labels = sample_checks.label_indices(samples, params["class_ids"])
     weights = class_weights(params)
@@ -36,8 +42,9 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: 
     # all samples weighted 0: loss and gradient are 0, and 0 / 1 keeps them finite
     normalizer_feed = np.array(normalizer if normalizer > 0 else 1.0, np.float32)
     size = len(samples) // chunks
-    return [[images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size], weights, normalizer_feed]
-            for i in range(chunks)]
+    feeds = [[images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size], weights, normalizer_feed]
+             for i in range(chunks)]
+    return feeds, normalizer > 0
 
 
 def results(probabilities: np.ndarray, params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import _ort, classification, system
+from . import _ort, classification, segmentation, system
 from . import graph as g
 from . import params as P
 from .errors import DLModelFileError, DLParamError
 from .onnx_builder import GraphBuilder
 from .trainer import Trainer
 
-MODEL_TYPES = {"classification": classification}
-PROBABILITIES = "confidences"  # the output a written classifier ends in
+MODEL_TYPES = {"classification": classification, "segmentation": segmentation}
+PROBABILITIES = "confidences"  # the output a written model ends in: softmax over the class axis
 DEFAULT_IMAGE_SIZE = 224  # for foreign networks whose input size is symbolic
 
 
@@ -118,7 +118,7 @@ class DLModel:
         return self._network
 
     def inference_graph(self) -> onnx.ModelProto:
-        """The network ending in class probabilities (what ``write_dl_model`` writes)."""
+        """The network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
         network = self.network()
         logits, probabilities = g.logits_output(network)
         if probabilities is not None:
@@ -128,7 +128,7 @@ class DLModel:
         shape = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
         del model.graph.output[:]
         b.op("Softmax", [logits], name=PROBABILITIES, axis=1)
-        b.output(PROBABILITIES, shape or ["N", len(self._params["class_ids"])])
+        b.output(PROBABILITIES, shape or ["N", *self.kind.score_shape(self._params)])
         return model
 
     def trainer(self) -> Trainer:
@@ -173,7 +173,7 @@ class DLModel:
 
 
 def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool = False) -> None:
-    """Raise unless the network maps an image of the parameters' size to one score per class.
+    """Raise unless the network maps an image of the parameters' size to the scores its type needs.
 
     Shape inference alone misses some mismatches (it skips Gemm's inner size); ``probe`` adds a
     forward pass of a zero image.
@@ -187,10 +187,10 @@ def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool 
     shape = shapes.get(logits)
     if probe or shape is None or None in shape:
         shape = _forward_shape(network, dims, logits)
-    expected = len(params["class_ids"])
-    if len(shape) != 2 or shape[1] != expected:
+    expected = MODEL_TYPES[params["type"]].score_shape(params)
+    if list(shape[1:]) != expected:
         raise DLParamError(f"the network maps {dims[3]} x {dims[2]} x {dims[1]} images to {logits!r} of shape "
-                           f"{shape}; expected (N, {expected})")
+                           f"{shape}; expected (N, {', '.join(map(str, expected))})")
 
 
 def _forward_shape(network: onnx.ModelProto, dims: list[int], logits: str) -> list[int]:
@@ -222,8 +222,10 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
     logits, _ = g.logits_output(network)
     shapes = g.tensor_shapes(g.with_input_shape(network, [1, channels, params["image_height"], params["image_width"]]))
     shape = shapes.get(logits)
-    if not shape or len(shape) != 2 or shape[1] is None:
-        raise DLModelFileError(f"output {logits!r}: expected class scores of shape (N, K), got {shape}")
+    rank = 2 if model_type == "classification" else 4
+    if not shape or len(shape) != rank or shape[1] is None:
+        expected = "(N, K)" if rank == 2 else "(N, K, H, W)"
+        raise DLModelFileError(f"output {logits!r}: expected class scores of shape {expected}, got {shape}")
     params["class_ids"] = list(range(shape[1]))
     for name, value in (stored or {}).items():
         if name in params and name not in P.DERIVED:

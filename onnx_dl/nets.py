@@ -63,3 +63,53 @@ def classifier_compact(num_classes: int = 10, channels: int = 3, widths: tuple[i
     model = new_model(graph)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _upsample2x(b: NetBuilder, x: str) -> str:
+    """Nearest-neighbour 2x upsampling for any H, W: (N,C,H,W) -> (N,C,H,1,W,1) -> expand -> reshape.
+
+    (ONNX Runtime 1.19 has no CPU gradient for Resize or ConvTranspose.)
+    """
+    shape = b.op("Shape", [x], "up_shape")
+    batch_channels = b.op("Slice", [shape, b.const(np.array([0]), "zero_i"), b.const(np.array([2]), "two_i")], "up_nc")
+    height_width = b.op("Slice", [shape, b.const(np.array([2]), "two_i"), b.const(np.array([4]), "four_i")], "up_hw")
+    target = b.op("Concat", [batch_channels, b.op("Mul", [height_width, b.const(np.array([2]), "two_i")], "up_hw2")],
+                  "up_target", axis=0)
+    spread = b.op("Unsqueeze", [x, b.const(np.array([3, 5]), "up_axes")], "up_spread")
+    tiled = b.op("Expand", [spread, b.const(np.array([1, 1, 1, 2, 1, 2]), "up_tiles")], "up_tiled")
+    return b.op("Reshape", [tiled, target], "up")
+
+
+def segmentation_compact(num_classes: int = 4, channels: int = 3, widths: tuple[int, ...] = (16, 32, 64, 96),
+                         seed: int = 0) -> onnx.ModelProto:
+    """A compact encoder-decoder for any input whose sides are divisible by 8.
+
+    Encoder: a full-resolution conv-BN-ReLU, then per further width a stride-2 conv-BN-ReLU
+    (followed by a stride-1 one except at the bottom). Decoder: per level, nearest 2x upsampling,
+    conv-BN-ReLU to the skip's width and addition of the skip. A 1x1 convolution with bias gives
+    the logits (N, K, H, W) at input resolution.
+    """
+    graph = onnx.GraphProto(name="segmentation_compact")
+    b = NetBuilder(graph, seed)
+    b.input("image", ["N", channels, "H", "W"])
+    x = b.op("Mul", ["image", b.const(np.float32(INPUT_SCALE), name="input_scale")], "scaled")
+    x = b.conv_bn_relu(x, channels, widths[0], 1, "enc0")
+    skips = [(x, widths[0])]
+    for i, width in enumerate(widths[1:], start=1):
+        x = b.conv_bn_relu(x, widths[i - 1], width, 2, f"enc{i}.down")
+        if i < len(widths) - 1:
+            x = b.conv_bn_relu(x, width, width, 1, f"enc{i}.conv")
+            skips.append((x, width))
+    c_in = widths[-1]
+    for i, (skip, width) in reversed(list(enumerate(skips))):
+        x = b.conv_bn_relu(_upsample2x(b, x), c_in, width, 1, f"dec{i}")
+        x = b.op("Add", [x, skip], f"dec{i}.skip")
+        c_in = width
+    w = b.rng.normal(0.0, np.sqrt(1.0 / c_in), (num_classes, c_in, 1, 1)).astype(np.float32)
+    b.op("Conv", [x, b.const(w, name="classifier.weight"), b.const(np.zeros(num_classes, np.float32),
+                                                                   name="classifier.bias")],
+         name="logits", kernel_shape=[1, 1])
+    b.output("logits", ["N", num_classes, "H", "W"])
+    model = new_model(graph)
+    onnx.checker.check_model(model, full_check=True)
+    return model

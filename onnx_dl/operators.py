@@ -38,16 +38,18 @@ def train_dl_model_batch(model: DLModel, samples: list[dict[str, Any]]) -> dict[
     batch_size_multiplier`` when the multiplier is above 1). Chunks of ``batch_size`` run
     forward and backward, their gradients add up to the gradient of the whole batch's loss, and
     one solver update follows. Returns ``total_loss`` and its parts (``loss_<name>``), which sum
-    to it. On any error the model is left exactly as it was.
+    to it. A step whose samples all weigh 0 (every class weight 0, every pixel ignored) reports a
+    cross-entropy of 0 and applies no update. On any error the model is left exactly as it was.
     """
     with _model(model).lock:
         params = model.params
         batch = sample_checks.check_sample_list(samples, "train_dl_model_batch")
         chunks = sample_checks.chunk_count(len(batch), params["batch_size"], params["batch_size_multiplier"])
-        feeds = model.kind.train_chunks(batch, params, chunks)
+        feeds, informative = model.kind.train_chunks(batch, params, chunks)
         trainer = model.trainer()
-        result = trainer.step(feeds, params)
-        model.weights_changed()
+        result = trainer.step(feeds, params, update=informative)
+        if informative:
+            model.weights_changed()
         return result
 
 
@@ -55,7 +57,9 @@ def apply_dl_model(model: DLModel, samples: list[dict[str, Any]], outputs: list[
     """Run the model on ``samples`` (any number); one result dict per sample.
 
     Classification: ``classification_class_ids``, ``classification_class_names`` and
-    ``classification_confidences``, sorted by descending confidence. ``outputs`` selects keys.
+    ``classification_confidences``, sorted by descending confidence. Segmentation:
+    ``segmentation_image`` (class id per pixel) and ``segmentation_confidence``. ``outputs``
+    selects keys.
     """
     with _model(model).lock:
         params = model.params

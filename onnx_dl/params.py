@@ -167,6 +167,10 @@ def check_consistent(params: dict[str, Any]) -> None:
         raise DLParamError(
             f"parameter 'class_weights': expected {len(ids)} weights (one per class id), got {len(weights)}"
         )
+    overlap = set(params.get("ignore_class_ids") or []) & set(ids)
+    if overlap:
+        raise DLParamError(f"parameter 'ignore_class_ids': expected ids that are not class_ids, got {sorted(overlap)} "
+                           f"in both")
     if params["image_range_min"] >= params["image_range_max"]:
         raise DLParamError(
             f"parameters 'image_range_min' < 'image_range_max' expected, got "

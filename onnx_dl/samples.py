@@ -106,3 +106,57 @@ def label_indices(samples: list[dict[str, Any]], class_ids: list[int], key: str 
                                 f"got {_describe(raw)}")
         result[index] = position[label]
     return result
+
+
+def _plane(sample: dict[str, Any], index: int, key: str, shape: tuple[int, int]) -> np.ndarray:
+    """A (H, W) numeric array (a trailing channel of 1 allowed) of the model's size."""
+    value = _require(sample, index, key)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+        raise DLSampleError(f"sample {index}, key {key!r}: expected a numeric NumPy array of shape {shape}, "
+                            f"got {_describe(value)}")
+    if value.ndim == 3 and value.shape[2] == 1:
+        value = value[:, :, 0]
+    if value.shape != shape:
+        raise DLSampleError(f"sample {index}, key {key!r}: expected shape {shape} (the image size), "
+                            f"got shape {value.shape}")
+    return value
+
+
+def label_image_indices(samples: list[dict[str, Any]], class_ids: list[int], ignore_ids: list[int],
+                        shape: tuple[int, int], key: str = "segmentation_image") -> np.ndarray:
+    """(N, H, W) class indices of each sample's label image; -1 marks ignored pixels."""
+    known = class_ids + ignore_ids
+    table = np.full(max(known) + 1, -2, np.int64)
+    table[ignore_ids] = -1
+    table[class_ids] = np.arange(len(class_ids))
+    result = np.empty((len(samples), *shape), np.int64)
+    for index, sample in enumerate(samples):
+        plane = _plane(sample, index, key, shape)
+        ids = plane.astype(np.int64)
+        if plane.dtype.kind == "f" and not np.array_equal(ids, plane):
+            raise DLSampleError(f"sample {index}, key {key!r}: expected integer class ids, got non-integer values "
+                                f"such as {plane[ids != plane][:3].tolist()}")
+        inside = (ids >= 0) & (ids < len(table))
+        mapped = np.where(inside, table[np.clip(ids, 0, len(table) - 1)], -2)
+        if (mapped == -2).any():
+            bad = np.unique(ids[mapped == -2])[:5].tolist()
+            raise DLSampleError(f"sample {index}, key {key!r}: expected class ids in {class_ids} or ignored ids "
+                                f"{ignore_ids}, got {bad}")
+        result[index] = mapped
+    return result
+
+
+def weight_images(samples: list[dict[str, Any]], shape: tuple[int, int]) -> list[np.ndarray | None]:
+    """Each sample's optional ``weight_image``: finite and >= 0."""
+    found: list[np.ndarray | None] = []
+    for index, sample in enumerate(samples):
+        if "weight_image" not in sample or sample["weight_image"] is None:
+            found.append(None)
+            continue
+        plane = _plane(sample, index, "weight_image", shape).astype(np.float32)
+        finite = np.isfinite(plane)
+        if not finite.all() or (plane < 0).any():
+            raise DLSampleError(f"sample {index}, key 'weight_image': expected finite weights >= 0, got "
+                                f"{int((~finite).sum())} non-finite and {int((plane < 0).sum())} negative values")
+        found.append(plane)
+    return found

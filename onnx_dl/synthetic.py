@@ -59,3 +59,25 @@ def classification_samples(count: int, size: int = 32, seed: int = 0,
         result.append({"image": image - 127.0, "image_label_id": class_ids[label], "image_id": index})
     order = rng.permutation(count)
     return [result[i] for i in order]
+
+
+def segmentation_samples(count: int, size: int = 64, seed: int = 0, max_shapes: int = 3) -> list[dict[str, Any]]:
+    """``count`` samples with 1 to ``max_shapes`` shapes each; ``segmentation_image`` holds the class
+    per pixel: 0 background, 1 circle, 2 square, 3 triangle (later shapes cover earlier ones)."""
+    rng = np.random.default_rng(seed)
+    result = []
+    for index in range(count):
+        image = textured_background(rng, size)
+        labels = np.zeros((size, size), np.uint8)
+        for _ in range(rng.integers(1, max_shapes + 1)):
+            kind = int(rng.integers(1, 4))
+            radius = rng.uniform(0.12, 0.22) * size
+            row, col = rng.uniform(radius, size - radius, 2)
+            mask = shape_mask(SHAPES[kind - 1], size, row, col, radius)
+            colour = rng.uniform(0, 255, 3).astype(np.float32)
+            while np.abs(colour - image[mask].mean(axis=0)).max() < 60:
+                colour = rng.uniform(0, 255, 3).astype(np.float32)
+            image[mask] = colour
+            labels[mask] = kind
+        result.append({"image": image - 127.0, "segmentation_image": labels, "image_id": index})
+    return result

@@ -38,8 +38,11 @@ class Trainer:
                     f"training needs more than one; raise 'batch_size'"
                 )
 
-    def step(self, chunks: list[list[np.ndarray]], params: dict[str, Any]) -> dict[str, float]:
-        """One weight update from ``chunks`` (the per-chunk feeds without the weight prior)."""
+    def step(self, chunks: list[list[np.ndarray]], params: dict[str, Any], update: bool = True) -> dict[str, float]:
+        """One weight update from ``chunks`` (the per-chunk feeds without the weight prior).
+
+        With ``update`` False the losses are computed and nothing changes (a step without signal).
+        """
         chunk_size = len(chunks[0][0])
         self._check_batchnorm_size(chunk_size)
         solver = self.solver
@@ -58,6 +61,9 @@ class Trainer:
         except BaseException:
             self.session.reset_grad()  # the next step starts from fresh gradients
             raise
+        if not update:
+            self.session.reset_grad()
+            return totals
         solver.apply(params)
         self.session.reset_grad()
         self.solver = solver

@@ -87,3 +87,24 @@ def classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], n
     weights = trainable if trainable is not None else g.weight_names(model)
     return _finish(model, b, {"loss_cross_entropy": ce}, weights,
                    [image, "labels", "class_weights", "ce_normalizer"], forward, image_dims)
+
+
+def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int,
+                 trainable: list[str] | None = None) -> TrainingGraph:
+    """Training graph of a segmentation network: weighted per-pixel cross-entropy + weight prior.
+
+    Inputs per chunk: the image (N, C, H, W), ``labels`` (N, H, W) class indices,
+    ``pixel_weights`` (N, H, W), ``ce_normalizer`` (sum of the pixel weights of the step),
+    ``weight_prior``.
+    """
+    model, b = _loss_graph(forward, image_dims)
+    logits, _ = g.logits_output(forward)
+    image = g.image_input(model).name
+    height, width = image_dims[1], image_dims[2]
+    b.input("labels", ["N", height, width], TensorProto.INT64)
+    b.input("pixel_weights", ["N", height, width])
+    b.input("ce_normalizer", [])
+    ce = losses.pixel_cross_entropy(b, logits, "labels", "pixel_weights", "ce_normalizer")
+    weights = trainable if trainable is not None else g.weight_names(model)
+    return _finish(model, b, {"loss_cross_entropy": ce}, weights,
+                   [image, "labels", "pixel_weights", "ce_normalizer"], forward, image_dims)

@@ -100,3 +100,35 @@ def image_samples(count: int, labels: list[int], seed: int = 0, scale: float = 1
 def linear_model(tmp_path: Path) -> dl.DLModel:
     """The linear network, batch size 4."""
     return load(tmp_path, linear_network(), batch_size=4, image_dimensions=[SIZE, SIZE, CHANNELS])
+
+
+def conv_segmentation_network(classes: int = CLASSES, seed: int = 0) -> onnx.ModelProto:
+    """image (N, 2, 4, 4) -> 1x1 Conv with bias -> logits (N, K, 4, 4): gradients in closed form."""
+    rng = np.random.default_rng(seed)
+    inits = {"head.weight": rng.normal(0, 0.5, (classes, CHANNELS, 1, 1)), "head.bias": rng.normal(0, 0.1, classes)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "head.weight", "head.bias"], ["logits"], kernel_shape=[1, 1])], "seg",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "H", "W"])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def segmentation_samples(count: int, class_ids: list[int], seed: int = 0) -> list[dict[str, Any]]:
+    """Random (4, 4, 2) images with random label images drawn from ``class_ids``."""
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32),
+             "segmentation_image": rng.choice(class_ids, (SIZE, SIZE)).astype(np.uint8)} for _ in range(count)]
+
+
+def load_segmentation(tmp_path: Path, **params: Any) -> dl.DLModel:
+    """The 1x1-conv segmentation network at 4 x 4, with ``params`` set."""
+    path = tmp_path / f"seg_{len(list(tmp_path.iterdir()))}.onnx"
+    onnx.save(conv_segmentation_network(), path)
+    model = dl.read_dl_model(path, type="segmentation")
+    dl.set_dl_model_param(model, "image_dimensions", [SIZE, SIZE, CHANNELS])
+    for name, value in params.items():
+        dl.set_dl_model_param(model, name, value)
+    return model

@@ -20,6 +20,12 @@ BUNDLED = {
          "image_range_min": -127.0, "image_range_max": 128.0, "batch_size": 8, "learning_rate": 0.01,
          "momentum": 0.9, "weight_prior": 0.0001, "solver_type": "sgd"},
     ),
+    "segmentation_compact": (
+        nets.segmentation_compact(num_classes=4),
+        {"type": "segmentation", "image_width": 256, "image_height": 256, "image_num_channels": 3,
+         "image_range_min": -127.0, "image_range_max": 128.0, "batch_size": 4, "learning_rate": 0.001,
+         "momentum": 0.9, "weight_prior": 0.0001, "solver_type": "adam"},
+    ),
 }
 
 

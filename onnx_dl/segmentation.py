@@ -1,0 +1,108 @@
+"""Segmentation models: per-pixel feeds of a training step, results, and class-weight helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import samples as sample_checks
+from . import training_graph
+from .classification import class_weights
+from .errors import DLParamError, DLSampleError
+
+RESULT_KEYS = ("segmentation_image", "segmentation_confidence")
+
+
+def score_shape(params: dict[str, Any]) -> list[int]:
+    """Shape of the network's scores per image: (K, H, W) at input resolution."""
+    return [len(params["class_ids"]), params["image_height"], params["image_width"]]
+
+
+def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
+                         trainable: list[str] | None = None) -> training_graph.TrainingGraph:
+    """The training graph of a segmentation network at the model's image size."""
+    dims = (params["image_num_channels"], params["image_height"], params["image_width"])
+    return training_graph.segmentation(network, dims, len(params["class_ids"]), trainable)
+
+
+def pixel_weights(indices: np.ndarray, weights: list[np.ndarray | None], per_class: np.ndarray) -> np.ndarray:
+    """(N, H, W) loss weights: the weight image where given, else the class weight; 0 where ignored."""
+    result = per_class[np.maximum(indices, 0)]
+    for n, image in enumerate(weights):
+        if image is not None:
+            result[n] = image
+    result[indices < 0] = 0.0
+    return result.astype(np.float32)
+
+
+def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: int) -> tuple[list[list[np.ndarray]], bool]:
+    """Feeds of each chunk and whether the step carries any weight (an all-ignored step does not)."""
+    shape = (params["image_height"], params["image_width"])
+    images = sample_checks.images(samples, params)
+    indices = sample_checks.label_image_indices(samples, params["class_ids"], params["ignore_class_ids"], shape)
+    weights = pixel_weights(indices, sample_checks.weight_images(samples, shape), class_weights(params))
+    normalizer = float(weights.astype(np.float64).sum())
+    normalizer_feed = np.array(normalizer if normalizer > 0 else 1.0, np.float32)
+    labels = np.maximum(indices, 0)
+    size = len(samples) // chunks
+    feeds = [[images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size], weights[i * size:(i + 1) * size],
+              normalizer_feed] for i in range(chunks)]
+    return feeds, normalizer > 0
+
+
+def results(probabilities: np.ndarray, params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:
+    """Per sample: the class id of the most probable class per pixel and its probability."""
+    unknown = [key for key in outputs if key not in RESULT_KEYS]
+    if unknown:
+        raise DLParamError(f"apply_dl_model: unknown outputs {unknown}; a segmentation model offers {list(RESULT_KEYS)}")
+    ids = np.asarray(params["class_ids"], np.int64)
+    best = probabilities.argmax(axis=1)
+    full = {"segmentation_image": ids[best], "segmentation_confidence": probabilities.max(axis=1)}
+    return [{key: full[key][n] for key in outputs} for n in range(len(probabilities))]
+
+
+def calculate_class_weights(label_images: list[np.ndarray], class_ids: list[int], max_weight: float = 1000.0,
+                            ignore_class_ids: list[int] | tuple[int, ...] = ()) -> list[float]:
+    """HALCON's calculate_dl_segmentation_class_weights over the given (training) label images.
+
+    weight_c = 1 / (frequency_c + 1e-4), scaled so the most frequent class gets 1.0, clipped at
+    ``max_weight``; ignored ids are not counted.
+    """
+    if max_weight <= 0:
+        raise DLParamError(f"max_weight: expected a value > 0, got {max_weight}")
+    counts = np.zeros(len(class_ids), np.float64)
+    position = {cid: i for i, cid in enumerate(class_ids)}
+    for image in label_images:
+        values, numbers = np.unique(np.asarray(image).astype(np.int64), return_counts=True)
+        for value, number in zip(values.tolist(), numbers.tolist()):
+            if value in position:
+                counts[position[value]] += number
+            elif value not in ignore_class_ids:
+                raise DLSampleError(f"label image value {value} is neither in class_ids nor ignored")
+    if counts.sum() == 0:
+        raise DLSampleError("calculate_class_weights: no labelled pixels")
+    weights = 1.0 / (counts / counts.sum() + 1e-4)
+    weights /= weights[counts.argmax()]
+    return np.minimum(weights, max_weight).tolist()
+
+
+def gen_weight_images(samples: list[dict[str, Any]], class_ids: list[int], class_weights_: list[float],
+                      ignore_class_ids: list[int] | tuple[int, ...] = ()) -> None:
+    """HALCON's gen_dl_segmentation_weight_images: paint each sample's ``weight_image`` in place
+    with the weight of each pixel's class; ignored pixels get 0."""
+    if len(class_weights_) != len(class_ids):
+        raise DLParamError(f"class_weights: expected {len(class_ids)} weights, got {len(class_weights_)}")
+    table = {cid: w for cid, w in zip(class_ids, class_weights_)} | {cid: 0.0 for cid in ignore_class_ids}
+    for index, sample in enumerate(samples):
+        labels = np.asarray(sample_checks._require(sample, index, "segmentation_image")).astype(np.int64)
+        values = np.unique(labels).tolist()
+        unknown = [v for v in values if v not in table]
+        if unknown:
+            raise DLSampleError(f"sample {index}, key 'segmentation_image': ids {unknown[:5]} are neither in "
+                                f"class_ids nor ignored")
+        lookup = np.zeros(max(values) + 1, np.float32)
+        for v in values:
+            lookup[v] = table[v]
+        sample["weight_image"] = lookup[labels]
