@@ -71,7 +71,7 @@ def segmentation_samples(count: int, size: int = 64, seed: int = 0, max_shapes: 
         labels = np.zeros((size, size), np.uint8)
         for _ in range(rng.integers(1, max_shapes + 1)):
             kind = int(rng.integers(1, 4))
-            radius = rng.uniform(0.12, 0.22) * size
+            radius = rng.uniform(0.15, 0.25) * size
             row, col = rng.uniform(radius, size - radius, 2)
             mask = shape_mask(SHAPES[kind - 1], size, row, col, radius)
             colour = rng.uniform(0, 255, 3).astype(np.float32)
