@@ -28,7 +28,7 @@ CUDA_HINT = (
 QUIET = 3  # ORT log severity: errors only
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ort() -> Any:
     """Return the ``onnxruntime`` module, logging silenced; raise if the engine is not installed."""
     try:
@@ -41,7 +41,7 @@ def ort() -> Any:
     return module
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training() -> types.SimpleNamespace:
     """Return ``artifacts`` and ``api`` of onnxruntime.training, imported without torch.
 

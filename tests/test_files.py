@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import onnx_dl as dl
-from conftest import CHANNELS, SIZE, image_samples, linear_network, load, weights
+from conftest import image_samples, linear_network, load, weights
 
 
 def test_round_trip_restores_parameters_and_weights(tmp_path, linear_model):
