@@ -82,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--solver", choices=["sgd", "adam"], default="adam")
-    t.add_argument("--learning-rate", type=float, default=0.001)
+    t.add_argument("--learning-rate", type=float, default=0.003)
     t.add_argument("--runtime", choices=["cpu", "gpu"], default="cpu")
     t.add_argument("--image-size", type=int, default=32)
     t.add_argument("--train-samples", type=int, default=3200)

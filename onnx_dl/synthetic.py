@@ -29,14 +29,16 @@ def shape_mask(kind: str, size: int, row: float, col: float, radius: float) -> n
     raise ValueError(f"unknown shape {kind!r}; known: {SHAPES}")
 
 
-def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) float32 background: a random colour, a gradient and noise, values 0..255."""
+def textured_background(rng: np.random.Generator, size: int, gradient: float = 25.0,
+                        noise: float = 8.0) -> np.ndarray:
+    """(size, size, 3) float32 background: a random colour, a gradient of +-``gradient`` and noise of
+    standard deviation ``noise``, values 0..255."""
     base = rng.uniform(40, 215, 3).astype(np.float32)
-    ramp = np.linspace(-25, 25, size, dtype=np.float32)
+    ramp = np.linspace(-gradient, gradient, size, dtype=np.float32)
     direction = rng.uniform(-1, 1, 2).astype(np.float32)
-    gradient = direction[0] * ramp[:, None] + direction[1] * ramp[None, :]
-    noise = rng.normal(0, 8, (size, size, 3)).astype(np.float32)
-    return np.clip(base + gradient[..., None] + noise, 0, 255)
+    ramp_2d = direction[0] * ramp[:, None] + direction[1] * ramp[None, :]
+    texture = rng.normal(0, noise, (size, size, 3)).astype(np.float32)
+    return np.clip(base + ramp_2d[..., None] + texture, 0, 255)
 
 
 def classification_samples(count: int, size: int = 32, seed: int = 0,
@@ -48,12 +50,12 @@ def classification_samples(count: int, size: int = 32, seed: int = 0,
     result = []
     for index in range(count):
         label = index % len(class_ids)
-        image = textured_background(rng, size)
-        radius = rng.uniform(0.28, 0.42) * size
+        image = textured_background(rng, size, gradient=20.0, noise=5.0)
+        radius = rng.uniform(0.32, 0.45) * size
         row, col = rng.uniform(radius, size - radius, 2)
         mask = shape_mask(SHAPES[label], size, row, col, radius)
         colour = rng.uniform(0, 255, 3).astype(np.float32)
-        while np.abs(colour - image[mask].mean(axis=0)).max() < 60:  # keep the shape visible
+        while np.abs(colour - image[mask].mean(axis=0)).max() < 100:  # keep the shape clearly visible
             colour = rng.uniform(0, 255, 3).astype(np.float32)
         image[mask] = colour
         result.append({"image": image - 127.0, "image_label_id": class_ids[label], "image_id": index})

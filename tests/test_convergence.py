@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 
 import onnx_dl as dl
-from onnx_dl.evaluation import segmentation_measures
-from onnx_dl.synthetic import segmentation_samples
+from onnx_dl.evaluation import classification_measures, segmentation_measures
+from onnx_dl.synthetic import classification_samples, segmentation_samples
 
 
 @pytest.mark.slow
@@ -30,3 +30,20 @@ def test_segmentation_300_steps_reach_mean_iou_080(tmp_path):
     probabilities = session.run(None, {"image": np.stack([s["image"].transpose(2, 0, 1) for s in test[:8]])})[0]
     for n in range(8):
         assert np.array_equal(probabilities[n].argmax(0), results[n]["segmentation_image"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver, learning_rate", [("sgd", 0.05), ("adam", 0.003)])
+def test_classifier_200_steps_reach_95_percent(solver, learning_rate):
+    """The core issue's criterion: loss below 10 % of its start, >= 95 % held-out accuracy."""
+    model = dl.read_dl_model("classifier_compact")
+    for name, value in [("class_ids", [0, 1, 2, 3]), ("image_dimensions", [32, 32, 3]), ("batch_size", 32),
+                        ("solver_type", solver), ("learning_rate", learning_rate), ("momentum", 0.9),
+                        ("weight_prior", 1e-4)]:
+        dl.set_dl_model_param(model, name, value)
+    train = classification_samples(3200, 32, seed=1)
+    test = classification_samples(400, 32, seed=1001)
+    losses = [dl.train_dl_model_batch(model, train[(step * 32) % 3200:][:32])["total_loss"] for step in range(200)]
+    assert np.mean(losses[-10:]) < 0.10 * np.mean(losses[:3])
+    measures = classification_measures(dl.apply_dl_model(model, test), test, [0, 1, 2, 3])
+    assert measures["top1_error"] <= 0.05
