@@ -36,7 +36,7 @@ class DLModel:
         self._inference: Any = None
         self._inference_key: tuple[Any, ...] | None = None
         self._weights_changed = False
-        self._steps = 0
+        self._resume: tuple[str, int, dict[str, dict[str, np.ndarray]]] | None = None
         self.lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -137,23 +137,36 @@ class DLModel:
         key = (id(self._network), p["image_width"], p["image_height"], p["runtime"], system.generation())
         if self._trainer is not None and self._trainer_key == key:
             return self._trainer
-        old = self._trainer
         network = self.network()  # current weights, before the old trainer goes
         tg = self.kind.build_training_graph(network, p)
         inits = g.initializers(network)
         running = {name: onnx.numpy_helper.to_array(inits[name]) for bn in tg.batchnorms for name in (bn.mean, bn.var)}
-        state = old.solver.state_arrays() if old is not None else None
-        steps = old.solver.step_count if old is not None else 0
+        kind, steps, state = self.solver_state() or (p["solver_type"], 0, None)
+        if kind != p["solver_type"]:  # the solver changed since: it starts from zero
+            steps, state = 0, None
         self._trainer = Trainer(tg, running, p, p["runtime"], system.get_system("thread_num"),
                                 system.get_system("cudnn_deterministic"), state, steps)
         self._trainer_key = key
+        self._resume = None
         return self._trainer
+
+    def solver_state(self) -> tuple[str, int, dict[str, dict[str, np.ndarray]]] | None:
+        """(solver kind, steps taken, state arrays per parameter), or None before any training."""
+        if self._trainer is not None:
+            solver = self._trainer.solver
+            return solver.kind, solver.step_count, solver.state_arrays()
+        return self._resume
+
+    def resume_solver(self, kind: str, steps: int, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Continue with this solver state (read from a file) at the next training step."""
+        if kind not in ("sgd", "adam") or steps < 0:
+            raise DLModelFileError(f"stored solver state: unknown solver {kind!r} or step count {steps}")
+        self._resume = (kind, steps, state)
 
     def weights_changed(self) -> None:
         """Note that a training step changed the weights held by the engine."""
         self._weights_changed = True
         self._inference = None
-        self._steps += 1
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """The probabilities of the inference graph for an NCHW batch."""

@@ -6,6 +6,8 @@ so a crash mid-write leaves the previous file intact. Metadata is parsed as JSON
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import tempfile
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from . import __version__
@@ -21,6 +24,7 @@ from .errors import DLModelFileError
 from .model import DLModel, from_network
 
 METADATA_KEY = "onnx_dl"
+SOLVER_KEY = "onnx_dl.solver_state"  # base64 of a NumPy .npz archive: "<parameter>/<state>" -> array
 FORMAT_VERSION = 1
 
 
@@ -54,6 +58,26 @@ def parse(data: bytes, where: str) -> onnx.ModelProto:
     if not model.HasField("graph") or len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise DLModelFileError(f"{where}: not an ONNX model (no graph with nodes and outputs)")
     return model
+
+
+def encode_solver_state(state: dict[str, dict[str, np.ndarray]]) -> str:
+    """The solver state as base64 text of an .npz archive (keys "<parameter>/<state>")."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"{name}/{kind}": value for name, kinds in state.items() for kind, value in kinds.items()})
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_solver_state(text: str) -> dict[str, dict[str, np.ndarray]]:
+    """Inverse of :func:`encode_solver_state`; never unpickles."""
+    try:
+        archive = np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False)
+        state: dict[str, dict[str, np.ndarray]] = {}
+        for key in archive.files:
+            name, _, kind = key.rpartition("/")
+            state.setdefault(name, {})[kind] = np.asarray(archive[key], np.float32)
+        return state
+    except Exception as exc:
+        raise DLModelFileError(f"metadata {SOLVER_KEY!r} is not a valid solver state: {exc}") from exc
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, Any] | None:
@@ -91,22 +115,33 @@ def read_dl_model(source: str | os.PathLike[str], type: str | None = None) -> DL
     if model_type is None:
         raise DLModelFileError(f"{str(path)!r} is a foreign ONNX model: pass its type, "
                                f"e.g. read_dl_model(path, type='classification')")
+    solver = stored.get("solver") if stored else None
+    state = next((decode_solver_state(p.value) for p in model.metadata_props if p.key == SOLVER_KEY), None)
     del model.metadata_props[:]
-    return from_network(model, model_type, params)
+    result = from_network(model, model_type, params)
+    if isinstance(solver, dict) and state is not None:
+        result.resume_solver(str(solver.get("kind")), int(solver.get("steps", 0)), state)
+    return result
 
 
-def write_dl_model(model: DLModel, path: str | os.PathLike[str]) -> None:
+def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_state: bool = True) -> None:
     """Write ``model`` as an ordinary inference ONNX file with its parameters in the metadata.
 
     The file ends in class probabilities, so any ONNX runtime gives what ``apply_dl_model``
-    gives. Written atomically: a temporary file in the target folder, then a rename.
+    gives. Unless ``include_solver_state`` is False, the solver state (SGD velocity or Adam
+    moments and step count) goes into the metadata too (key ``onnx_dl.solver_state``, an .npz
+    archive in base64), so ``read_dl_model`` continues training exactly where it stopped.
+    Written atomically: a temporary file in the target folder, then a rename.
     """
     with model.lock:
         exported = model.inference_graph()
-        params = {k: v for k, v in model.params.items()}
-        entry = exported.metadata_props.add()
-        entry.key = METADATA_KEY
-        entry.value = json.dumps({"format": FORMAT_VERSION, "version": __version__, "params": params})
+        info: dict[str, Any] = {"format": FORMAT_VERSION, "version": __version__, "params": dict(model.params)}
+        solver = model.solver_state() if include_solver_state else None
+        if solver is not None:
+            kind, steps, state = solver
+            info["solver"] = {"kind": kind, "steps": steps}
+            exported.metadata_props.add(key=SOLVER_KEY, value=encode_solver_state(state))
+        exported.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
         write_atomically(Path(path), exported.SerializeToString())
 
 
