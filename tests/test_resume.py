@@ -63,3 +63,34 @@ def test_corrupt_solver_state_is_refused(tmp_path):
     onnx.save(proto, path)
     with pytest.raises(dl.DLModelFileError, match="solver state"):
         dl.read_dl_model(path)
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_interrupt_between_chunks_changes_nothing(tmp_path, monkeypatch, failure):
+    """Ctrl-C (or an engine error) after the first chunk: weights, solver state and steps stay as they were."""
+    from conftest import assert_unchanged, snapshot
+    from onnx_dl.backend import TrainingSession
+
+    model = load(tmp_path, bn_network(), batch_size=2, batch_size_multiplier=2)
+    dl.train_dl_model_batch(model, _batches()[0])
+    before = snapshot(model)
+    real_run = TrainingSession.run
+    calls = []
+
+    def run_then_fail(self, feeds):
+        calls.append(1)
+        if len(calls) == 2:
+            raise failure("stop")
+        return real_run(self, feeds)
+
+    monkeypatch.setattr(TrainingSession, "run", run_then_fail)
+    with pytest.raises(failure):
+        dl.train_dl_model_batch(model, _batches()[1])
+    monkeypatch.setattr(TrainingSession, "run", real_run)
+    assert_unchanged(before, model)
+    # the next step starts from fresh gradients: it equals the same step on an untouched copy
+    twin = load(tmp_path, bn_network(), batch_size=2, batch_size_multiplier=2)
+    dl.train_dl_model_batch(twin, _batches()[0])
+    assert dl.train_dl_model_batch(model, _batches()[2]) == dl.train_dl_model_batch(twin, _batches()[2])
+    for name, value in weights(twin).items():
+        assert np.array_equal(weights(model)[name], value), name
