@@ -23,6 +23,7 @@ from . import __version__
 from .errors import DLModelFileError
 from .model import DLModel, from_network
 
+MAX_FILE_SIZE = 2**31  # bytes read without explicit consent (max_file_size=None)
 METADATA_KEY = "onnx_dl"
 SOLVER_KEY = "onnx_dl.solver_state"  # base64 of a NumPy .npz archive: "<parameter>/<state>" -> array
 FORMAT_VERSION = 1
@@ -94,18 +95,53 @@ def metadata(model: onnx.ModelProto) -> dict[str, Any] | None:
     return None
 
 
-def read_dl_model(source: str | os.PathLike[str], type: str | None = None) -> DLModel:
+def _inside(path: Path, folder: Path) -> bool:
+    resolved = path.resolve()
+    return resolved == folder or folder in resolved.parents
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Load tensors stored beside the model, refusing any location outside the model's folder."""
+    folder = path.parent.resolve()
+    # the same tensors load_external_data_for_model walks, subgraphs included (onnx is pinned < 1.18)
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = folder / location
+        if not location or os.path.isabs(location) or ".." in Path(location).parts or not _inside(target, folder):
+            raise DLModelFileError(f"{str(path)!r}: tensor {tensor.name!r} refers to external data {location!r} "
+                                   f"outside the model's folder; refused")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise DLModelFileError(f"{str(path)!r}: cannot read its external data: {exc}") from exc
+
+
+def read_dl_model(source: str | os.PathLike[str], type: str | None = None,
+                  max_file_size: int | None = MAX_FILE_SIZE) -> DLModel:
     """Read a model: a path to an ``.onnx`` file or the name of a bundled model.
 
     A file written by ``write_dl_model`` (or a bundled model) restores all its parameters; a
     foreign ONNX network (one NCHW image input, class scores as first output) needs ``type``.
+    Untrusted files are read safely: a symbolic link must stay inside its folder, external data
+    must lie inside the model's folder, a file over ``max_file_size`` bytes needs
+    ``max_file_size=None``; metadata is parsed as JSON and NumPy archives without pickle.
     """
     path = resolve(source)
+    if path.is_symlink() and not _inside(path, path.parent.resolve()):
+        raise DLModelFileError(f"{str(path)!r} is a symbolic link to {str(path.resolve())!r}, outside its folder; "
+                               f"refused (pass the real path if you trust it)")
     try:
+        size = path.stat().st_size
+        if max_file_size is not None and size > max_file_size:
+            raise DLModelFileError(f"{str(path)!r} has {size} bytes, more than max_file_size={max_file_size}; "
+                                   f"pass max_file_size=None to read it anyway")
         data = path.read_bytes()
     except OSError as exc:
         raise DLModelFileError(f"cannot read model file {str(path)!r}: {exc}") from exc
     model = parse(data, str(path))
+    _load_external_data(model, path)
     stored = metadata(model)
     params = dict(stored["params"]) if stored else {}
     stored_type = params.pop("type", None)
