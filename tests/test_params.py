@@ -117,10 +117,12 @@ def test_size_a_fixed_network_cannot_take_is_refused(tmp_path):
     assert dl.get_dl_model_param(model, "image_width") == SIZE
 
 
-def test_gpu_without_cuda_explains_what_to_install(linear_model):
+def test_gpu_runtime_needs_cuda_and_says_what_to_install(linear_model):
     import onnxruntime
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this check is for machines without the CUDA engine")
+        dl.set_dl_model_param(linear_model, "runtime", "gpu")
+        assert dl.get_dl_model_param(linear_model, "runtime") == "gpu"
+        return
     with pytest.raises(dl.DLRuntimeError, match=r"onnx_dl\[cuda\]"):
         dl.set_dl_model_param(linear_model, "runtime", "gpu")
     assert dl.get_dl_model_param(linear_model, "runtime") == "cpu"
