@@ -38,13 +38,9 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: 
     images = sample_checks.images(samples, params)
     labels = sample_checks.label_indices(samples, params["class_ids"])
     weights = class_weights(params)
-    normalizer = float(weights[labels].astype(np.float64).sum())
-    # all samples weighted 0: loss and gradient are 0, and 0 / 1 keeps them finite
-    normalizer_feed = np.array(normalizer if normalizer > 0 else 1.0, np.float32)
-    size = len(samples) // chunks
-    feeds = [[images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size], weights, normalizer_feed]
-             for i in range(chunks)]
-    return feeds, normalizer > 0
+    normalizer, informative = sample_checks.weight_normalizer(weights[labels])
+    feeds = [(images, True), (labels, True), (weights, False), (normalizer, False)]
+    return sample_checks.split_chunks(feeds, chunks), informative
 
 
 def results(probabilities: np.ndarray, params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:

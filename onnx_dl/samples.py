@@ -160,3 +160,20 @@ def weight_images(samples: list[dict[str, Any]], shape: tuple[int, int]) -> list
                                 f"{int((~finite).sum())} non-finite and {int((plane < 0).sum())} negative values")
         found.append(plane)
     return found
+
+
+def weight_normalizer(weights: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The step-wide sum of loss weights as a float32 feed, and whether it is above 0.
+
+    A step whose weights are all 0 is fed 1 instead (0 / 1 keeps the loss finite) and applies
+    no update.
+    """
+    total = float(np.asarray(weights, np.float64).sum())
+    return np.array(total if total > 0 else 1.0, np.float32), total > 0
+
+
+def split_chunks(feeds: list[tuple[np.ndarray, bool]], chunks: int) -> list[list[np.ndarray]]:
+    """Per chunk, the feeds in order: arrays marked per-sample are split along axis 0, the others shared."""
+    size = len(next(array for array, per_sample in feeds if per_sample)) // chunks
+    return [[array[i * size:(i + 1) * size] if per_sample else array for array, per_sample in feeds]
+            for i in range(chunks)]

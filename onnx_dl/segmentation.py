@@ -43,13 +43,9 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: 
     images = sample_checks.images(samples, params)
     indices = sample_checks.label_image_indices(samples, params["class_ids"], params["ignore_class_ids"], shape)
     weights = pixel_weights(indices, sample_checks.weight_images(samples, shape), class_weights(params))
-    normalizer = float(weights.astype(np.float64).sum())
-    normalizer_feed = np.array(normalizer if normalizer > 0 else 1.0, np.float32)
-    labels = np.maximum(indices, 0)
-    size = len(samples) // chunks
-    feeds = [[images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size], weights[i * size:(i + 1) * size],
-              normalizer_feed] for i in range(chunks)]
-    return feeds, normalizer > 0
+    normalizer, informative = sample_checks.weight_normalizer(weights)
+    feeds = [(images, True), (np.maximum(indices, 0), True), (weights, True), (normalizer, False)]
+    return sample_checks.split_chunks(feeds, chunks), informative
 
 
 def results(probabilities: np.ndarray, params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:
