@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DLSampleError
+from .samples import id_lookup
 
 
 def _check_lengths(results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
@@ -25,18 +26,11 @@ def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, classes: int) -> 
     return np.bincount(predicted * classes + truth, minlength=classes * classes).reshape(classes, classes)
 
 
-def _indices(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Class indices of ``ids`` through ``table``; -1 for unknown ids."""
-    inside = (ids >= 0) & (ids < len(table))
-    return np.where(inside, table[np.clip(ids, 0, len(table) - 1)], -1)
-
-
 def segmentation_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
                           ignore_class_ids: list[int] | tuple[int, ...] = ()) -> dict[str, Any]:
     """``mean_iou``, ``class_iou`` (by class id), ``pixel_accuracy``, ``mean_accuracy``, ``pixel_confusion_matrix``."""
     _check_lengths(results, samples)
-    table = np.full(max(list(class_ids) + list(ignore_class_ids)) + 1, -1, np.int64)
-    table[list(class_ids)] = np.arange(len(class_ids))
+    table = {cid: i for i, cid in enumerate(class_ids)}
     matrix = np.zeros((len(class_ids), len(class_ids)), np.int64)
     for index, (result, sample) in enumerate(zip(results, samples)):
         truth = np.asarray(sample["segmentation_image"]).astype(np.int64)
@@ -45,7 +39,7 @@ def segmentation_measures(results: list[dict[str, Any]], samples: list[dict[str,
             raise DLSampleError(f"sample {index}: segmentation_image of shape {truth.shape}, result of shape "
                                 f"{predicted.shape}")
         keep = ~np.isin(truth, list(ignore_class_ids))
-        truth_index, predicted_index = _indices(table, truth[keep]), _indices(table, predicted[keep])
+        truth_index, predicted_index = id_lookup(truth[keep], table, -1), id_lookup(predicted[keep], table, -1)
         if (truth_index < 0).any() or (predicted_index < 0).any():
             raise DLSampleError(f"sample {index}: a label or result holds ids outside class_ids")
         matrix += confusion_matrix(predicted_index, truth_index, len(class_ids))

@@ -122,13 +122,19 @@ def _plane(sample: dict[str, Any], index: int, key: str, shape: tuple[int, int])
     return value
 
 
+def id_lookup(ids: np.ndarray, table: dict[int, float], missing: float, dtype: Any = np.int64) -> np.ndarray:
+    """``table[id]`` for every element of the integer array ``ids``; ``missing`` where an id has no entry."""
+    size = max(table, default=-1) + 1
+    values = np.full(size + 1, missing, dtype)  # the last slot serves every id outside 0..size-1
+    values[list(table)] = list(table.values())
+    inside = (ids >= 0) & (ids < size)
+    return values[np.where(inside, ids, size)]
+
+
 def label_image_indices(samples: list[dict[str, Any]], class_ids: list[int], ignore_ids: list[int],
                         shape: tuple[int, int], key: str = "segmentation_image") -> np.ndarray:
     """(N, H, W) class indices of each sample's label image; -1 marks ignored pixels."""
-    known = class_ids + ignore_ids
-    table = np.full(max(known) + 1, -2, np.int64)
-    table[ignore_ids] = -1
-    table[class_ids] = np.arange(len(class_ids))
+    table = {**dict.fromkeys(ignore_ids, -1), **{cid: i for i, cid in enumerate(class_ids)}}
     result = np.empty((len(samples), *shape), np.int64)
     for index, sample in enumerate(samples):
         plane = _plane(sample, index, key, shape)
@@ -136,8 +142,7 @@ def label_image_indices(samples: list[dict[str, Any]], class_ids: list[int], ign
         if plane.dtype.kind == "f" and not np.array_equal(ids, plane):
             raise DLSampleError(f"sample {index}, key {key!r}: expected integer class ids, got non-integer values "
                                 f"such as {plane[ids != plane][:3].tolist()}")
-        inside = (ids >= 0) & (ids < len(table))
-        mapped = np.where(inside, table[np.clip(ids, 0, len(table) - 1)], -2)
+        mapped = id_lookup(ids, table, -2)
         if (mapped == -2).any():
             bad = np.unique(ids[mapped == -2])[:5].tolist()
             raise DLSampleError(f"sample {index}, key {key!r}: expected class ids in {class_ids} or ignored ids "

@@ -69,14 +69,14 @@ def calculate_class_weights(label_images: list[np.ndarray], class_ids: list[int]
     if max_weight <= 0:
         raise DLParamError(f"max_weight: expected a value > 0, got {max_weight}")
     counts = np.zeros(len(class_ids), np.float64)
-    position = {cid: i for i, cid in enumerate(class_ids)}
+    table = {**dict.fromkeys(ignore_class_ids, -1), **{cid: i for i, cid in enumerate(class_ids)}}
     for image in label_images:
-        values, numbers = np.unique(np.asarray(image).astype(np.int64), return_counts=True)
-        for value, number in zip(values.tolist(), numbers.tolist()):
-            if value in position:
-                counts[position[value]] += number
-            elif value not in ignore_class_ids:
-                raise DLSampleError(f"label image value {value} is neither in class_ids nor ignored")
+        ids = np.asarray(image).astype(np.int64)
+        indices = sample_checks.id_lookup(ids, table, -2)
+        if (indices == -2).any():
+            raise DLSampleError(f"label image values {np.unique(ids[indices == -2])[:5].tolist()} are neither in "
+                                f"class_ids nor ignored")
+        counts += np.bincount(indices[indices >= 0], minlength=len(class_ids))
     if counts.sum() == 0:
         raise DLSampleError("calculate_class_weights: no labelled pixels")
     weights = 1.0 / (counts / counts.sum() + 1e-4)
@@ -93,12 +93,8 @@ def gen_weight_images(samples: list[dict[str, Any]], class_ids: list[int], class
     table = {cid: w for cid, w in zip(class_ids, class_weights_)} | {cid: 0.0 for cid in ignore_class_ids}
     for index, sample in enumerate(samples):
         labels = np.asarray(sample_checks._require(sample, index, "segmentation_image")).astype(np.int64)
-        values = np.unique(labels).tolist()
-        unknown = [v for v in values if v not in table]
-        if unknown:
-            raise DLSampleError(f"sample {index}, key 'segmentation_image': ids {unknown[:5]} are neither in "
-                                f"class_ids nor ignored")
-        lookup = np.zeros(max(values) + 1, np.float32)
-        for v in values:
-            lookup[v] = table[v]
-        sample["weight_image"] = lookup[labels]
+        weights = sample_checks.id_lookup(labels, table, np.nan, np.float32)
+        if np.isnan(weights).any():
+            raise DLSampleError(f"sample {index}, key 'segmentation_image': ids "
+                                f"{np.unique(labels[np.isnan(weights)])[:5].tolist()} are neither in class_ids nor ignored")
+        sample["weight_image"] = weights
