@@ -10,14 +10,10 @@ import onnx
 from . import samples as sample_checks
 from . import training_graph
 from .errors import DLParamError
+from .params import class_weight_array
 
 RESULT_KEYS = ("classification_class_ids", "classification_class_names", "classification_confidences")
-
-
-def class_weights(params: dict[str, Any]) -> np.ndarray:
-    """The class weights as float32 (1.0 each unless set)."""
-    weights = params.get("class_weights")
-    return np.asarray(weights if weights is not None else [1.0] * len(params["class_ids"]), np.float32)
+SCORE_RANK = 2  # (N, K)
 
 
 def score_shape(params: dict[str, Any]) -> list[int]:
@@ -37,7 +33,7 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: 
     whether the step carries any weight (samples whose classes all weigh 0 do not)."""
     images = sample_checks.images(samples, params)
     labels = sample_checks.label_indices(samples, params["class_ids"])
-    weights = class_weights(params)
+    weights = class_weight_array(params)
     normalizer, informative = sample_checks.weight_normalizer(weights[labels])
     feeds = [(images, True), (labels, True), (weights, False), (normalizer, False)]
     return sample_checks.split_chunks(feeds, chunks), informative

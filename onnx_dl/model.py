@@ -67,7 +67,7 @@ class DLModel:
             inits = g.initializers(self._network)
             return int(sum(np.prod(inits[w].dims) for w in g.weight_names(self._network)))
         if name == "class_weights":
-            return classification.class_weights(p).astype(float).tolist()
+            return P.class_weight_array(p).astype(float).tolist()
         value = p[name]
         return list(value) if isinstance(value, list) else value
 
@@ -255,7 +255,7 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
     logits, _ = g.logits_output(network)
     shapes = g.tensor_shapes(g.with_input_shape(network, [1, channels, params["image_height"], params["image_width"]]))
     shape = shapes.get(logits)
-    rank = 2 if model_type == "classification" else 4
+    rank = MODEL_TYPES[model_type].SCORE_RANK
     if not shape or len(shape) != rank or shape[1] is None:
         expected = "(N, K)" if rank == 2 else "(N, K, H, W)"
         raise DLModelFileError(f"output {logits!r}: expected class scores of shape {expected}, got {shape}")

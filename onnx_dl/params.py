@@ -155,6 +155,12 @@ def defaults(model_type: str) -> dict[str, Any]:
     }
 
 
+def class_weight_array(params: dict[str, Any]) -> np.ndarray:
+    """The class weights as float32 (1.0 each unless set)."""
+    weights = params.get("class_weights")
+    return np.asarray(weights if weights is not None else [1.0] * len(params["class_ids"]), np.float32)
+
+
 def check_consistent(params: dict[str, Any]) -> None:
     """Raise if the class lists disagree in length or the value range is empty."""
     ids = params["class_ids"]

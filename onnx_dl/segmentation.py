@@ -9,10 +9,11 @@ import onnx
 
 from . import samples as sample_checks
 from . import training_graph
-from .classification import class_weights
 from .errors import DLParamError, DLSampleError
+from .params import class_weight_array
 
 RESULT_KEYS = ("segmentation_image", "segmentation_confidence")
+SCORE_RANK = 4  # (N, K, H, W)
 
 
 def score_shape(params: dict[str, Any]) -> list[int]:
@@ -42,7 +43,7 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: 
     shape = (params["image_height"], params["image_width"])
     images = sample_checks.images(samples, params)
     indices = sample_checks.label_image_indices(samples, params["class_ids"], params["ignore_class_ids"], shape)
-    weights = pixel_weights(indices, sample_checks.weight_images(samples, shape), class_weights(params))
+    weights = pixel_weights(indices, sample_checks.weight_images(samples, shape), class_weight_array(params))
     normalizer, informative = sample_checks.weight_normalizer(weights)
     feeds = [(images, True), (np.maximum(indices, 0), True), (weights, True), (normalizer, False)]
     return sample_checks.split_chunks(feeds, chunks), informative
