@@ -83,3 +83,46 @@ def segmentation_samples(count: int, size: int = 64, seed: int = 0, max_shapes: 
             labels[mask] = kind
         result.append({"image": image - 127.0, "segmentation_image": labels, "image_id": index})
     return result
+
+
+def detection_samples(count: int, size: int = 128, seed: int = 0, max_shapes: int = 4,
+                      class_ids: tuple[int, ...] = (0, 1, 2)) -> list[dict[str, Any]]:
+    """``count`` samples with 1 to ``max_shapes`` shapes each, one box per shape.
+
+    Class ``class_ids[i]`` is the shape ``SHAPES[i]`` (circle, square, triangle). Boxes are the
+    tight extent of each shape's pixels in HALCON's pixel-centred convention (pixel (r, c) covers
+    r-0.5..r+0.5): ``bbox_row1`` = top pixel row - 0.5, ``bbox_row2`` = bottom pixel row + 0.5.
+    Shapes do not overlap, so every box shows its whole shape.
+    """
+    if not 1 <= len(class_ids) <= len(SHAPES):
+        raise ValueError(f"between 1 and {len(SHAPES)} classes, got {len(class_ids)}")
+    rng = np.random.default_rng(seed)
+    result = []
+    for index in range(count):
+        image = textured_background(rng, size)
+        taken = np.zeros((size, size), bool)
+        boxes: list[list[float]] = []
+        labels: list[int] = []
+        for _ in range(rng.integers(1, max_shapes + 1)):
+            label = int(rng.integers(0, len(class_ids)))
+            radius = rng.uniform(0.08, 0.2) * size
+            row, col = rng.uniform(radius, size - radius, 2)
+            mask = shape_mask(SHAPES[label], size, row, col, radius)
+            if (mask & taken).any() or not mask.any():
+                continue  # keep shapes apart: a covered shape would have a misleading box
+            taken |= mask
+            colour = rng.uniform(0, 255, 3).astype(np.float32)
+            while np.abs(colour - image[mask].mean(axis=0)).max() < 60:
+                colour = rng.uniform(0, 255, 3).astype(np.float32)
+            image[mask] = colour
+            rows, cols = np.nonzero(mask)
+            boxes.append([rows.min() - 0.5, cols.min() - 0.5, rows.max() + 0.5, cols.max() + 0.5])
+            labels.append(class_ids[label])
+        box_array = np.asarray(boxes, np.float32).reshape(-1, 4)
+        result.append({
+            "image": image - 127.0, "image_id": index,
+            "bbox_row1": box_array[:, 0], "bbox_col1": box_array[:, 1],
+            "bbox_row2": box_array[:, 2], "bbox_col2": box_array[:, 3],
+            "bbox_label_id": np.asarray(labels, np.int64),
+        })
+    return result
