@@ -170,6 +170,23 @@ def inference_form(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def dropout_training(model: onnx.ModelProto) -> None:
+    """Switch every Dropout on (``training_mode`` true), in place, each with a fixed ``seed`` so that
+    identical runs draw identical masks. Inference graphs keep Dropout off."""
+    for index, node in enumerate(n for n in model.graph.node if n.op_type == "Dropout"):
+        flag = f"{node.output[0]}/training_mode"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(True), flag))
+        if len(node.input) < 2:
+            node.input.append("")  # ratio: the default 0.5
+        del node.input[2:]
+        node.input.append(flag)
+        if len(node.output) < 2:
+            node.output.append(f"{node.output[0]}/mask")  # its gradient reads the mask
+        kept = [a for a in node.attribute if a.name != "seed"]
+        del node.attribute[:]
+        node.attribute.extend([*kept, onnx.helper.make_attribute("seed", index)])
+
+
 def with_input_shape(model: onnx.ModelProto, dims: list[int | str]) -> onnx.ModelProto:
     """A copy whose image input has the dimensions ``dims`` (ints fixed, strings symbolic)."""
     model = copy.deepcopy(model)
@@ -239,6 +256,24 @@ def _head_node(model: onnx.ModelProto, logits: str) -> onnx.NodeProto:
     return node
 
 
+def _head_targets(model: onnx.ModelProto, logits: str) -> list[tuple[str, int]]:
+    """(initializer, class axis) of the weights and biases of the layer producing the logits."""
+    node = _head_node(model, logits)
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return [(node.input[1], 0 if trans_b else 1)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
+    if node.op_type == "Conv":
+        return [(node.input[1], 0)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
+    inits = initializers(model)  # MatMul: weights (D, K); a following Add holds the bias
+    after = [n for n in model.graph.node if n.op_type == "Add" and node.output[0] in n.input]
+    return [(node.input[1], 1)] + [(name, 0) for n in after for name in n.input if name in inits]
+
+
+def head_weights(model: onnx.ModelProto, logits: str) -> list[str]:
+    """The initializers of the layer producing ``logits`` (what ``freeze_backbone`` keeps trainable)."""
+    return [name for name, _ in _head_targets(model, logits)]
+
+
 def replace_head(model: onnx.ModelProto, logits: str, num_classes: int, seed: int = 0) -> onnx.ModelProto:
     """A copy whose last layer predicts ``num_classes`` classes, freshly initialised.
 
@@ -246,19 +281,9 @@ def replace_head(model: onnx.ModelProto, logits: str, num_classes: int, seed: in
     on pretrained features). Only the output dimension changes; everything before stays as is.
     """
     model = copy.deepcopy(model)
-    node = _head_node(model, logits)
     inits = initializers(model)
     rng = np.random.default_rng(seed)
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        targets = [(node.input[1], 0 if trans_b else 1)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
-    elif node.op_type == "Conv":
-        targets = [(node.input[1], 0)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
-    else:  # MatMul: weights (D, K); a following Add holds the bias
-        targets = [(node.input[1], 1)]
-        after = [n for n in model.graph.node if n.op_type == "Add" and node.output[0] in n.input]
-        targets += [(name, 0) for n in after for name in n.input if name in inits]
-    for name, axis in targets:
+    for name, axis in _head_targets(model, logits):
         if name not in inits:
             raise DLModelFileError(f"cannot replace the classification layer: {name!r} is not an initializer")
         old = numpy_helper.to_array(inits[name])

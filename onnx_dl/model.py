@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import _ort, classification, segmentation, system
+from . import _ort, classification, foreign, freezing, segmentation, system
 from . import graph as g
 from . import params as P
 from .errors import DLModelFileError, DLParamError
@@ -65,7 +65,8 @@ class DLModel:
             return [p["image_width"], p["image_height"], p["image_num_channels"]]
         if name == "num_trainable_params":
             inits = g.initializers(self._network)
-            return int(sum(np.prod(inits[w].dims) for w in g.weight_names(self._network)))
+            frozen = freezing.frozen_weights(self._network, p)
+            return int(sum(np.prod(inits[w].dims) for w in g.weight_names(self._network) if w not in frozen))
         if name == "class_weights":
             return P.class_weight_array(p).astype(float).tolist()
         value = p[name]
@@ -89,6 +90,8 @@ class DLModel:
         if name == "runtime":
             _ort.require_device(value)
         P.check_consistent(candidate)
+        if name in ("freeze_backbone", "frozen_layers"):
+            freezing.frozen_weights(network, candidate)  # raises for a name that matches no weight
         if name in ("image_width", "image_height"):
             check_network(network, candidate, probe=True)
         self._commit(network, candidate)
@@ -134,11 +137,12 @@ class DLModel:
     def trainer(self) -> Trainer:
         """The engine state for training, (re)built when the graph, size or runtime changed."""
         p = self._params
-        key = (id(self._network), p["image_width"], p["image_height"], p["runtime"], system.generation())
+        key = (id(self._network), p["image_width"], p["image_height"], p["runtime"], system.generation(),
+               p["freeze_backbone"], tuple(p["frozen_layers"]))
         if self._trainer is not None and self._trainer_key == key:
             return self._trainer
         network = self.network()  # current weights, before the old trainer goes
-        tg = self.kind.build_training_graph(network, p)
+        tg = self.kind.build_training_graph(freezing.training_form(network, freezing.frozen_weights(network, p)), p)
         inits = g.initializers(network)
         running = {name: onnx.numpy_helper.to_array(inits[name]) for bn in tg.batchnorms for name in (bn.mean, bn.var)}
         kind, steps, state = self.solver_state() or (p["solver_type"], 0, None)
@@ -245,7 +249,7 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
     """A model handle for ``network`` with default parameters, overridden by ``stored`` ones."""
     if model_type not in MODEL_TYPES:
         raise DLParamError(f"model type {model_type!r} is not supported; supported: {sorted(MODEL_TYPES)}")
-    network = g.supported_opset(network)
+    network = foreign.prepare(g.supported_opset(network))
     channels, height, width = g.input_dims(network)
     if channels is None:
         raise DLModelFileError("the image input has a symbolic channel count; expected a fixed C in (N, C, H, W)")

@@ -25,7 +25,7 @@ class ParamSpec:
     """One model parameter: its kind, default, range check and the model types it applies to."""
 
     name: str
-    kind: str  # 'int' | 'float' | 'str' | 'int_list' | 'float_list' | 'str_list'
+    kind: str  # 'int' | 'float' | 'bool' | 'str' | 'int_list' | 'float_list' | 'str_list'
     default: Any
     doc: str
     check: Callable[[Any], str | None] = lambda value: None  # returns what is wrong, or None
@@ -94,6 +94,8 @@ SPECS: dict[str, ParamSpec] = {
         ParamSpec("image_range_min", "float", -127.0, "lowest input value the network expects"),
         ParamSpec("image_range_max", "float", 128.0, "highest input value the network expects"),
         ParamSpec("num_trainable_params", "int", None, "number of trained weights (read-only)", settable=False),
+        ParamSpec("freeze_backbone", "bool", False, "keep every weight but the score layer's fixed"),
+        ParamSpec("frozen_layers", "str_list", [], "weights kept fixed: initializer names or prefixes ending in '*'"),
     ]
 }
 
@@ -112,6 +114,12 @@ def spec(name: str, model_type: str) -> ParamSpec:
 
 
 def _scalar(name: str, kind: str, value: Any) -> Any:
+    if kind == "bool":  # HALCON writes booleans as 'true' / 'false'
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if value in ("true", "false"):
+            return value == "true"
+        raise DLParamError(f"parameter {name!r}: expected True, False, 'true' or 'false', got {value!r}")
     if kind == "int":
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise DLParamError(f"parameter {name!r}: expected an int, got {value!r} ({type(value).__name__})")

@@ -35,6 +35,7 @@ class TrainingGraph:
 
 def _loss_graph(forward: onnx.ModelProto, image_dims: tuple[int, int, int]) -> tuple[onnx.ModelProto, GraphBuilder]:
     model = g.with_input_shape(g.inference_form(forward), ["N", *image_dims])
+    g.dropout_training(model)
     del model.graph.output[:]
     return model, GraphBuilder(model.graph, prefix="loss/")
 
