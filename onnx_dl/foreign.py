@@ -123,7 +123,7 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of the tensors that shape inference types as floating point (all, if it cannot tell)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # a model the checker accepted but inference cannot type: assume float everywhere
+    except onnx.shape_inference.InferenceError:  # the checker accepted it, inference cannot type it: assume float
         return {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.initializer}
     infos = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
     typed = {i.name: i.type.tensor_type.elem_type for i in infos}
