@@ -28,7 +28,7 @@ def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: fl
 def _model(nodes, inputs, outputs, inits, opset: int, name: str) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=name)
-    model.ir_version = 8 if opset <= 17 else 9
+    model.ir_version = 8 if opset <= 17 else 9 if opset <= 20 else 10
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -61,6 +61,7 @@ def _batch(samples: list[dict[str, Any]]) -> np.ndarray:
 EXPORTS = {
     "torch_opset13": lambda: torch_style(opset=13),
     "torch_opset17": lambda: torch_style(opset=17),
+    "torch_opset22": lambda: torch_style(opset=22),  # newer than the engine: converted down to 17
     "torch_training_export": lambda: torch_style(training_export=True),
     "keras_tf2onnx": keras_style,
     "dropout": dropout_style,
