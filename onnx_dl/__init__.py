@@ -11,12 +11,18 @@ __version__ = "0.1.0"
 
 from .errors import DLError, DLModelFileError, DLNonFiniteError, DLParamError, DLRuntimeError, DLSampleError
 from .model import DLModel
-from .operators import apply_dl_model, get_dl_model_param, set_dl_model_param, train_dl_model_batch
+from .operators import (
+    apply_dl_model,
+    create_dl_model_detection,
+    get_dl_model_param,
+    set_dl_model_param,
+    train_dl_model_batch,
+)
 from .serialization import bundled_models, read_dl_model, write_dl_model
 from .system import get_system, set_system
 
 __all__ = [
     "DLError", "DLModel", "DLModelFileError", "DLNonFiniteError", "DLParamError", "DLRuntimeError", "DLSampleError",
-    "apply_dl_model", "bundled_models", "get_dl_model_param", "get_system", "read_dl_model", "set_dl_model_param",
-    "set_system", "train_dl_model_batch", "write_dl_model",
+    "apply_dl_model", "bundled_models", "create_dl_model_detection", "get_dl_model_param", "get_system",
+    "read_dl_model", "set_dl_model_param", "set_system", "train_dl_model_batch", "write_dl_model",
 ]

@@ -7,18 +7,36 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import graph as g
 from . import samples as sample_checks
 from . import training_graph
 from .errors import DLParamError
 from .params import class_weight_array
 
 RESULT_KEYS = ("classification_class_ids", "classification_class_names", "classification_confidences")
+PROBABILITIES = "confidences"  # the output a written model ends in
 SCORE_RANK = 2  # (N, K)
 
 
 def score_shape(params: dict[str, Any]) -> list[int]:
     """Shape of the network's scores per image: (K,)."""
     return [len(params["class_ids"])]
+
+
+def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, list[int]]:
+    """The shape per image of the network's scores: {logits: (K,)}."""
+    return {g.logits_output(network)[0]: score_shape(params)}
+
+
+def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
+    """K of the network's class scores."""
+    dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
+    return g.score_classes(network, dims, SCORE_RANK)
+
+
+def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
+    """A copy of the network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
+    return g.with_probabilities(network, PROBABILITIES, ["N", *score_shape(params)])
 
 
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
@@ -39,8 +57,10 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: 
     return sample_checks.split_chunks(feeds, chunks), informative
 
 
-def results(probabilities: np.ndarray, params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:
-    """Per sample: class ids, names and confidences sorted by descending confidence."""
+def results(scores: list[np.ndarray], params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:
+    """Per sample: class ids, names and confidences sorted by descending confidence (``scores``: the
+    inference graph's outputs, the probabilities (N, K))."""
+    probabilities = scores[0]
     unknown = [key for key in outputs if key not in RESULT_KEYS]
     if unknown:
         raise DLParamError(f"apply_dl_model: unknown outputs {unknown}; a classifier offers {list(RESULT_KEYS)}")

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .errors import DLModelFileError
-from .onnx_builder import IR_VERSION, MAX_OPSET, MIN_OPSET, OPSET, default_opset
+from .onnx_builder import IR_VERSION, MAX_OPSET, MIN_OPSET, OPSET, GraphBuilder, default_opset
 
 # Input positions that hold weights, per operator; other float initializers are constants.
 _WEIGHT_INPUTS = {
@@ -98,6 +98,31 @@ def logits_output(model: onnx.ModelProto) -> tuple[str, str | None]:
         if axis in (1, -1):
             return node.input[0], out
     return out, None
+
+
+def with_probabilities(network: onnx.ModelProto, name: str, shape: list[int | str]) -> onnx.ModelProto:
+    """A copy of ``network`` whose one output is the softmax over axis 1 of its logits, named ``name`` with
+    ``shape`` unless the graph declares one (a network already ending in a Softmax is copied as is)."""
+    logits, probabilities = logits_output(network)
+    model = copy.deepcopy(network)
+    if probabilities is not None:
+        return model
+    b = GraphBuilder(model.graph)
+    declared = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    del model.graph.output[:]
+    b.op("Softmax", [logits], name=name, axis=1)
+    b.output(name, declared or shape)
+    return model
+
+
+def score_classes(network: onnx.ModelProto, dims: list[int], rank: int) -> int:
+    """K of the class scores (N, K) or (N, K, H, W) (``rank`` 2 or 4) the network maps images of ``dims`` to."""
+    logits, _ = logits_output(network)
+    shape = tensor_shapes(with_input_shape(network, dims)).get(logits)
+    if not shape or len(shape) != rank or shape[1] is None:
+        expected = "(N, K)" if rank == 2 else "(N, K, H, W)"
+        raise DLModelFileError(f"output {logits!r}: expected class scores of shape {expected}, got {shape}")
+    return shape[1]
 
 
 def weight_names(model: onnx.ModelProto) -> list[str]:

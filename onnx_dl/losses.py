@@ -53,3 +53,69 @@ def pixel_cross_entropy(b: GraphBuilder, logits: str, labels: str, pixel_weights
     weighted = b.op("Mul", [per_pixel, pixel_weights], "pixel_ce_weighted")
     per_image = b.op("ReduceSum", [weighted, b.const(np.array([1, 2], np.int64), "hw_axes")], "image_ce", keepdims=0)
     return b.op("Div", [b.op("ReduceSum", [per_image], "batch_ce", keepdims=0), normalizer], "ce")
+
+
+def _sum_per_image(b: GraphBuilder, tensor: str, hint: str) -> str:
+    """sum over everything of an (N, C, H, W) tensor: per image over (C, H, W) first, then over the batch
+    (one long float32 sum would lose the many small terms)."""
+    per_image = b.op("ReduceSum", [tensor, b.const(np.array([1, 2, 3], np.int64), "chw_axes")], f"{hint}_image",
+                     keepdims=0)
+    return b.op("ReduceSum", [per_image], f"{hint}_batch", keepdims=0)
+
+
+def _log_sigmoid(b: GraphBuilder, x: str, magnitude: str, hint: str) -> str:
+    """log sigmoid(x) = -relu(-x) - log(1 + exp(-|x|)), finite for every finite x."""
+    tail = b.op("Log", [b.op("Add", [b.const(1.0, "one"), b.op("Exp", [b.op("Neg", [magnitude])])])], f"{hint}_tail")
+    return b.op("Sub", [b.op("Neg", [b.op("Relu", [b.op("Neg", [x])])]), tail], hint)
+
+
+def sigmoid_focal(b: GraphBuilder, logits: str, targets: str, weights: str, normalizer: str,
+                  gamma: float = 2.0) -> str:
+    """Sigmoid focal loss (Lin et al., RetinaNet) of ``logits`` (N, C, H, W) against 0/1 ``targets``.
+
+        p = sigmoid(x)
+        FL = w * [ y * (1 - p)^gamma * (-log p) + (1 - y) * p^gamma * (-log(1 - p)) ]
+        L = sum FL / normalizer
+
+    ``weights`` (same shape) carries everything else per element: the anchor weight (0 for ignored
+    anchors) times alpha_c for y = 1 and 1 - alpha_c for y = 0, folded in on the host so that a
+    new alpha needs no new graph. ``normalizer`` is a scalar (the number of positive anchors).
+    log p = -relu(-x) - log(1 + exp(-|x|)) and log(1 - p) = -relu(x) - log(1 + exp(-|x|)) stay
+    finite for any finite x. (At exactly x = 0 the engine's gradients of relu and |x| are 0, so the
+    derivative there reads 0 instead of the limit; a float32 logit of exactly 0.0 does not occur in
+    practice.)
+    """
+    magnitude = b.op("Abs", [logits], "focal_abs")
+    log_p = _log_sigmoid(b, logits, magnitude, "focal_log_p")
+    log_not_p = _log_sigmoid(b, b.op("Neg", [logits], "focal_neg_x"), magnitude, "focal_log_not_p")
+    p = b.op("Sigmoid", [logits], "focal_p")
+    exponent = b.const(float(gamma), "focal_gamma")
+    one = b.const(1.0, "one")
+    positive = b.op("Mul", [b.op("Pow", [b.op("Sub", [one, p]), exponent]), log_p], "focal_positive")
+    negative = b.op("Mul", [b.op("Pow", [p, exponent]), log_not_p], "focal_negative")
+    mixed = b.op("Add", [b.op("Mul", [targets, positive]), b.op("Mul", [b.op("Sub", [one, targets]), negative])],
+                 "focal_mixed")
+    weighted = b.op("Mul", [b.op("Neg", [mixed]), weights], "focal_weighted")
+    return b.op("Div", [_sum_per_image(b, weighted, "focal_sum"), normalizer], "focal")
+
+
+def huber(b: GraphBuilder, predictions: str, targets: str, weights: str, normalizer: str, beta: float = 0.11) -> str:
+    """Huber (smooth-L1) loss of ``predictions`` (N, C, H, W) against ``targets``, divided by beta:
+
+        d = prediction - target, a = |d|
+        h(d) = 0.5 * a^2 / beta     if a < beta
+             = a - 0.5 * beta       otherwise
+        L = sum w * h(d) / normalizer
+
+    computed without branches as m = min(a, beta) = beta - relu(beta - a),
+    h = 0.5 * m^2 / beta + (a - m). ``weights`` is 1 for the coordinates of positive anchors and 0
+    elsewhere; ``normalizer`` is a scalar (the number of positive anchors).
+    """
+    magnitude = b.op("Abs", [b.op("Sub", [predictions, targets])], "huber_abs")
+    transition = b.const(float(beta), "huber_beta")
+    clipped = b.op("Sub", [transition, b.op("Relu", [b.op("Sub", [transition, magnitude])])], "huber_m")
+    quadratic = b.op("Mul", [b.op("Mul", [clipped, clipped]), b.const(0.5 / beta, "huber_half_over_beta")],
+                     "huber_quadratic")
+    value = b.op("Add", [quadratic, b.op("Sub", [magnitude, clipped])], "huber_value")
+    weighted = b.op("Mul", [value, weights], "huber_weighted")
+    return b.op("Div", [_sum_per_image(b, weighted, "huber_sum"), normalizer], "huber")

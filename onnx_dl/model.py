@@ -9,15 +9,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import _ort, classification, foreign, freezing, segmentation, system
+from . import _ort, classification, detection, foreign, freezing, segmentation, system
 from . import graph as g
 from . import params as P
 from .errors import DLModelFileError, DLParamError
-from .onnx_builder import GraphBuilder
 from .trainer import Trainer
 
-MODEL_TYPES = {"classification": classification, "segmentation": segmentation}
-PROBABILITIES = "confidences"  # the output a written model ends in: softmax over the class axis
+MODEL_TYPES = {"classification": classification, "segmentation": segmentation, "detection": detection}
+PROBABILITIES = classification.PROBABILITIES  # the output a written classifier ends in: softmax over the class axis
 DEFAULT_IMAGE_SIZE = 224  # for foreign networks whose input size is symbolic
 
 
@@ -74,9 +73,7 @@ class DLModel:
 
     def set_param(self, name: str, value: Any) -> None:
         """Validate and set parameter ``name``; on any error nothing changes."""
-        found = P.spec(name, self._params["type"])
-        if not found.settable:
-            raise DLParamError(f"parameter {name!r} is read-only")
+        P.settable_spec(name, self._params["type"])
         if name == "image_dimensions":
             self._set_image_dimensions(P.coerce(name, value, self._params["type"]))
             return
@@ -84,6 +81,10 @@ class DLModel:
         candidate = dict(self._params, **{name: value})
         network = self._network
         if name == "class_ids" and len(value) != len(self._params["class_ids"]):
+            if self._params["type"] == "detection":  # the heads' width depends on the class count
+                raise DLParamError(f"parameter 'class_ids': a detection model keeps the "
+                                   f"{len(self._params['class_ids'])} classes it was created with (num_classes); "
+                                   f"got {len(value)} ids")
             network = g.replace_head(self.network(), g.logits_output(self._network)[0], len(value))
             candidate["class_names"] = [str(i) for i in value]
             candidate["class_weights"] = None
@@ -121,18 +122,10 @@ class DLModel:
         return self._network
 
     def inference_graph(self) -> onnx.ModelProto:
-        """The network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
-        network = self.network()
-        logits, probabilities = g.logits_output(network)
-        if probabilities is not None:
-            return copy.deepcopy(network)
-        model = copy.deepcopy(network)
-        b = GraphBuilder(model.graph)
-        shape = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-        del model.graph.output[:]
-        b.op("Softmax", [logits], name=PROBABILITIES, axis=1)
-        b.output(PROBABILITIES, shape or ["N", *self.kind.score_shape(self._params)])
-        return model
+        """The network ending in what ``apply_dl_model`` reads: class probabilities over axis 1
+        (classification, segmentation: what ``write_dl_model`` writes), class scores and box deltas
+        per level (detection)."""
+        return self.kind.inference_graph(self.network(), self._params)
 
     def trainer(self) -> Trainer:
         """The engine state for training, (re)built when the graph, size or runtime changed."""
@@ -196,8 +189,8 @@ class DLModel:
             self._inference_key = key
         return self._inference
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """The probabilities of the inference graph for an NCHW batch, with the current weights."""
+    def predict(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the inference graph for an NCHW batch, with the current weights."""
         session = self._inference_session()
         rt = _ort.ort()
         feeds = {session.get_inputs()[0].name: rt.OrtValue.ortvalue_from_numpy(batch)}
@@ -206,11 +199,12 @@ class DLModel:
                 feeds[name] = self._trainer.session.parameter(name)
             for name, value in self._trainer.running.items():
                 feeds[name] = rt.OrtValue.ortvalue_from_numpy(value)
-        return session.run_with_ort_values([session.get_outputs()[0].name], feeds)[0].numpy()
+        names = [output.name for output in session.get_outputs()]
+        return [value.numpy() for value in session.run_with_ort_values(names, feeds)]
 
 
 def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool = False) -> None:
-    """Raise unless the network maps an image of the parameters' size to the scores its type needs.
+    """Raise unless the network maps an image of the parameters' size to the outputs its type needs.
 
     Shape inference alone misses some mismatches (it skips Gemm's inner size); ``probe`` adds a
     forward pass of a zero image.
@@ -220,29 +214,30 @@ def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool 
         shapes = g.tensor_shapes(g.with_input_shape(network, dims))
     except DLModelFileError as exc:
         raise DLParamError(f"the network does not accept {dims[3]} x {dims[2]} x {dims[1]} images: {exc}") from exc
-    logits, _ = g.logits_output(network)
-    shape = shapes.get(logits)
-    if probe or shape is None or None in shape:
-        shape = _forward_shape(network, dims, logits)
-    expected = MODEL_TYPES[params["type"]].score_shape(params)
-    if list(shape[1:]) != expected:
-        raise DLParamError(f"the network maps {dims[3]} x {dims[2]} x {dims[1]} images to {logits!r} of shape "
-                           f"{shape}; expected (N, {', '.join(map(str, expected))})")
+    expected = MODEL_TYPES[params["type"]].output_shapes(network, params)
+    found = {name: shapes.get(name) for name in expected}
+    if probe or any(shape is None or None in shape for shape in found.values()):
+        found = _forward_shapes(network, dims, list(expected))
+    for name, shape in found.items():
+        if list(shape[1:]) != expected[name]:  # type: ignore[index]
+            raise DLParamError(f"the network maps {dims[3]} x {dims[2]} x {dims[1]} images to {name!r} of shape "
+                               f"{shape}; expected (N, {', '.join(map(str, expected[name]))})")
 
 
-def _forward_shape(network: onnx.ModelProto, dims: list[int], logits: str) -> list[int]:
-    """The shape of ``logits`` from one forward pass of a zero image (needs the engine)."""
+def _forward_shapes(network: onnx.ModelProto, dims: list[int], tensors: list[str]) -> dict[str, list[int]]:
+    """The shapes of ``tensors`` from one forward pass of a zero image (needs the engine)."""
     probe = copy.deepcopy(network)
     del probe.graph.output[:]
-    probe.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in tensors)
     rt = _ort.ort()
     try:
         session = rt.InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
                                       providers=["CPUExecutionProvider"])
-        out = session.run(None, {g.image_input(probe).name: np.zeros(dims, np.float32)})[0]
+        outputs = session.run(None, {g.image_input(probe).name: np.zeros(dims, np.float32)})
     except Exception as exc:
         raise DLParamError(f"the network does not accept {dims[3]} x {dims[2]} x {dims[1]} images: {exc}") from exc
-    return list(out.shape)
+    return {name: list(out.shape) for name, out in zip(tensors, outputs)}
 
 
 def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, Any] | None = None) -> DLModel:
@@ -256,22 +251,17 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
     params = P.defaults(model_type)
     params.update({"type": model_type, "image_num_channels": channels,
                    "image_width": width or DEFAULT_IMAGE_SIZE, "image_height": height or DEFAULT_IMAGE_SIZE})
-    logits, _ = g.logits_output(network)
-    shapes = g.tensor_shapes(g.with_input_shape(network, [1, channels, params["image_height"], params["image_width"]]))
-    shape = shapes.get(logits)
-    rank = MODEL_TYPES[model_type].SCORE_RANK
-    if not shape or len(shape) != rank or shape[1] is None:
-        expected = "(N, K)" if rank == 2 else "(N, K, H, W)"
-        raise DLModelFileError(f"output {logits!r}: expected class scores of shape {expected}, got {shape}")
-    params["class_ids"] = list(range(shape[1]))
     for name, value in (stored or {}).items():
         if name in params and name not in P.DERIVED:
             params[name] = P.coerce(name, value, model_type) if value is not None else None
+    classes = MODEL_TYPES[model_type].num_classes(network, params)  # a detector's depends on its anchors
+    if params.get("class_ids") is None:
+        params["class_ids"] = list(range(classes))
     if params.get("class_names") is None:
         params["class_names"] = [str(i) for i in params["class_ids"]]
-    if len(params["class_ids"]) != shape[1]:
+    if len(params["class_ids"]) != classes:
         raise DLModelFileError(f"the stored class_ids list {len(params['class_ids'])} classes, the network "
-                               f"predicts {shape[1]}")
+                               f"predicts {classes}")
     P.check_consistent(params)
     check_network(network, params)
     return DLModel(network, params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import detector
 from . import samples as sample_checks
 from .errors import DLParamError
 from .model import DLModel
@@ -13,6 +14,21 @@ def _model(model: Any) -> DLModel:
     if not isinstance(model, DLModel):
         raise DLParamError(f"expected a DLModel (from read_dl_model), got {type(model).__name__}")
     return model
+
+
+def create_dl_model_detection(backbone: Any, num_classes: int, params: dict[str, Any] | None = None) -> DLModel:
+    """A RetinaNet-style detection model on the feature maps of a classifier (HALCON's operator).
+
+    ``backbone``: a bundled classifier name (``"classifier_compact"``), a path to an ONNX
+    classifier, an ``onnx.ModelProto`` or a classification ``DLModel``; its classification part is
+    removed. ``num_classes`` fixes the number of classes. ``params`` holds detection parameters
+    (``min_level``, ``max_level``, ``anchor_num_subscales``, ``anchor_aspect_ratios``, ``capacity``,
+    ``image_width``, ``image_height``, ``class_ids``, ``class_weights``, ``max_overlap``, ...) and
+    any other settable parameter; missing ones take their defaults (the image size: the backbone's).
+    The architecture parameters (levels, anchors, capacity, image size, instance type, docking
+    layers) cannot be changed afterwards. The image sides must be divisible by 2**max_level.
+    """
+    return detector.create(backbone, num_classes, params)
 
 
 def get_dl_model_param(model: DLModel, name: str) -> Any:
@@ -58,8 +74,10 @@ def apply_dl_model(model: DLModel, samples: list[dict[str, Any]], outputs: list[
 
     Classification: ``classification_class_ids``, ``classification_class_names`` and
     ``classification_confidences``, sorted by descending confidence. Segmentation:
-    ``segmentation_image`` (class id per pixel) and ``segmentation_confidence``. ``outputs``
-    selects keys.
+    ``segmentation_image`` (class id per pixel) and ``segmentation_confidence``. Detection: boxes
+    ``bbox_row1``, ``bbox_col1``, ``bbox_row2``, ``bbox_col2``, ``bbox_class_id``, ``bbox_class_name``
+    and ``bbox_confidence`` (after ``min_confidence``, NMS and ``max_num_detections``), by
+    descending confidence. ``outputs`` selects keys.
     """
     with _model(model).lock:
         params = model.params

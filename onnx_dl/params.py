@@ -18,6 +18,8 @@ from .errors import DLParamError
 
 MODEL_TYPES = ("classification", "segmentation", "detection")
 ALL = frozenset(MODEL_TYPES)
+DETECTION = frozenset({"detection"})
+FOCAL_ALPHA = 0.25  # default class weight of a detector: the focal loss's alpha (RetinaNet)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,24 @@ def _class_weights(v: list[float]) -> str | None:
     return None if v and min(v) >= 0.0 else "a non-empty list of weights >= 0"
 
 
+def _focal_alphas(v: list[float]) -> str | None:
+    return None if v and 0.0 <= min(v) and max(v) <= 1.0 else "a non-empty list of focal alphas in [0, 1]"
+
+
+def _closed_unit_interval(v: float) -> str | None:
+    return None if 0.0 <= v <= 1.0 else "a value in [0, 1]"
+
+
+def _positive_values(v: list[float]) -> str | None:
+    return None if v and min(v) > 0.0 else "a non-empty list of values > 0"
+
+
+def _axis_aligned(v: str) -> str | None:
+    if v == "rectangle1":
+        return None
+    return "'rectangle1' (axis-aligned boxes; oriented 'rectangle2' boxes are not supported)"
+
+
 def _ids(v: list[int]) -> str | None:
     return None if all(i >= 0 for i in v) else "class ids >= 0"
 
@@ -82,8 +102,8 @@ SPECS: dict[str, ParamSpec] = {
         ParamSpec("class_ids", "int_list", None, "class ids in output order", _unique_ids),
         ParamSpec("class_names", "str_list", None, "one name per class id"),
         ParamSpec("num_classes", "int", None, "number of classes (read-only, from class_ids)", settable=False),
-        ParamSpec("class_weights", "float_list", None, "loss weight per class (default 1.0 each)", _class_weights,
-                  types=frozenset({"classification", "segmentation"})),
+        ParamSpec("class_weights", "float_list", None, "loss weight per class (default 1.0 each, >= 0); detection: "
+                  "focal-loss alpha per class (default 0.25 each, in [0, 1])", _class_weights),
         ParamSpec("ignore_class_ids", "int_list", [], "class ids whose pixels add no loss", _ids,
                   types=frozenset({"segmentation"})),
         ParamSpec("image_width", "int", None, "network input width", _at_least(1)),
@@ -96,7 +116,46 @@ SPECS: dict[str, ParamSpec] = {
         ParamSpec("num_trainable_params", "int", None, "number of trained weights (read-only)", settable=False),
         ParamSpec("freeze_backbone", "bool", False, "keep every weight but the score layer's fixed"),
         ParamSpec("frozen_layers", "str_list", [], "weights kept fixed: initializer names or prefixes ending in '*'"),
+        # detection (create_dl_model_detection); the architecture ones are fixed after creation
+        ParamSpec("backbone", "str", None, "the classifier the detector was built on (read-only)", types=DETECTION,
+                  settable=False),
+        ParamSpec("backbone_docking_layers", "str_list", [], "backbone tensors feeding the pyramid, one per backbone "
+                  "level from min_level up (default: found by shape inference)", types=DETECTION),
+        ParamSpec("min_level", "int", 2, "lowest pyramid level with heads; level L has stride 2**L", _at_least(1),
+                  types=DETECTION),
+        ParamSpec("max_level", "int", 4, "highest pyramid level with heads; image sides must be divisible by "
+                  "2**max_level", _at_least(1), types=DETECTION),
+        ParamSpec("anchor_num_subscales", "int", 3, "anchor sizes per level: 4 * 2**L * 2**(i / subscales)",
+                  _at_least(1), types=DETECTION),
+        ParamSpec("anchor_aspect_ratios", "float_list", [1.0, 2.0, 0.5], "anchor height / width ratios",
+                  _positive_values, types=DETECTION),
+        ParamSpec("capacity", "str", "medium", "width and depth of the pyramid and heads",
+                  _one_of("low", "medium", "high"), types=DETECTION),
+        ParamSpec("instance_type", "str", "rectangle1", "box type: 'rectangle1' (axis-aligned)", _axis_aligned,
+                  types=DETECTION),
+        ParamSpec("class_heads_weight", "float", 1.0, "factor of the focal loss of the class heads", _at_least(0.0),
+                  types=DETECTION),
+        ParamSpec("bbox_heads_weight", "float", 1.0, "factor of the Huber loss of the box heads", _at_least(0.0),
+                  types=DETECTION),
+        ParamSpec("min_confidence", "float", 0.5, "boxes scoring below this are dropped before NMS",
+                  _closed_unit_interval, types=DETECTION),
+        ParamSpec("max_overlap", "float", 0.5, "per-class NMS: a box whose IoU with a better one of its class "
+                  "exceeds this is dropped", _closed_unit_interval, types=DETECTION),
+        ParamSpec("max_overlap_class_agnostic", "float", 1.0, "NMS over all classes after the per-class NMS "
+                  "(1.0: off)", _closed_unit_interval, types=DETECTION),
+        ParamSpec("max_num_detections", "int", 100, "at most this many boxes per image", _at_least(1),
+                  types=DETECTION),
     ]
+}
+
+# Checks that differ by model type: (name, model type) -> check replacing the spec's.
+TYPE_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {("class_weights", "detection"): _focal_alphas}
+
+# Parameters that shape the network: given at creation, refused by set_dl_model_param afterwards.
+FIXED_AFTER_CREATION = {
+    "detection": frozenset({"image_width", "image_height", "image_dimensions", "min_level", "max_level",
+                            "anchor_num_subscales", "anchor_aspect_ratios", "capacity", "instance_type",
+                            "backbone_docking_layers"}),
 }
 
 # Parameters that are stored in the model; the others are derived on read.
@@ -110,6 +169,18 @@ def spec(name: str, model_type: str) -> ParamSpec:
     found = SPECS[name]
     if model_type not in found.types:
         raise DLParamError(f"parameter {name!r} does not apply to a {model_type} model")
+    return found
+
+
+def settable_spec(name: str, model_type: str) -> ParamSpec:
+    """The spec of ``name`` if ``set_dl_model_param`` may change it; raise for read-only names and for
+    architecture parameters fixed when the model was created."""
+    found = spec(name, model_type)
+    if not found.settable:
+        raise DLParamError(f"parameter {name!r} is read-only")
+    if name in FIXED_AFTER_CREATION.get(model_type, ()):
+        raise DLParamError(f"parameter {name!r} of a {model_type} model is fixed when the model is created "
+                           f"(create_dl_model_{model_type}); create a new model to change it")
     return found
 
 
@@ -148,7 +219,7 @@ def coerce(name: str, value: Any, model_type: str) -> Any:
         result: Any = [_scalar(name, found.kind[:-5], item) for item in value]
     else:
         result = _scalar(name, found.kind, value)
-    problem = found.check(result)
+    problem = TYPE_CHECKS.get((name, model_type), found.check)(result)
     if problem is not None:
         raise DLParamError(f"parameter {name!r}: expected {problem}, got {value!r}")
     return result
@@ -164,9 +235,10 @@ def defaults(model_type: str) -> dict[str, Any]:
 
 
 def class_weight_array(params: dict[str, Any]) -> np.ndarray:
-    """The class weights as float32 (1.0 each unless set)."""
+    """The class weights as float32 (unless set: 1.0 each, for a detector the focal alpha 0.25 each)."""
     weights = params.get("class_weights")
-    return np.asarray(weights if weights is not None else [1.0] * len(params["class_ids"]), np.float32)
+    default = FOCAL_ALPHA if params.get("type") == "detection" else 1.0
+    return np.asarray(weights if weights is not None else [default] * len(params["class_ids"]), np.float32)
 
 
 def check_consistent(params: dict[str, Any]) -> None:
@@ -190,3 +262,17 @@ def check_consistent(params: dict[str, Any]) -> None:
             f"parameters 'image_range_min' < 'image_range_max' expected, got "
             f"{params['image_range_min']} and {params['image_range_max']}"
         )
+    if params.get("type") == "detection":
+        _check_levels(params)
+
+
+def _check_levels(params: dict[str, Any]) -> None:
+    """A detector's levels are ordered and its image sides divisible by the coarsest stride."""
+    low, high = params["min_level"], params["max_level"]
+    if high < low:
+        raise DLParamError(f"parameters 'min_level' <= 'max_level' expected, got {low} and {high}")
+    stride = 2**high
+    width, height = params.get("image_width"), params.get("image_height")
+    if width is not None and height is not None and (width % stride or height % stride):
+        raise DLParamError(f"a detector with max_level {high} needs image sides divisible by 2**{high} = {stride} "
+                           f"(the stride of its coarsest level), got {width} x {height}")

@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import graph as g
 from . import samples as sample_checks
 from . import training_graph
+from .classification import PROBABILITIES
 from .errors import DLParamError, DLSampleError
 from .params import class_weight_array
 
@@ -19,6 +21,22 @@ SCORE_RANK = 4  # (N, K, H, W)
 def score_shape(params: dict[str, Any]) -> list[int]:
     """Shape of the network's scores per image: (K, H, W) at input resolution."""
     return [len(params["class_ids"]), params["image_height"], params["image_width"]]
+
+
+def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, list[int]]:
+    """The shape per image of the network's scores: {logits: (K, H, W)}."""
+    return {g.logits_output(network)[0]: score_shape(params)}
+
+
+def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
+    """K of the network's class scores."""
+    dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
+    return g.score_classes(network, dims, SCORE_RANK)
+
+
+def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
+    """A copy of the network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
+    return g.with_probabilities(network, PROBABILITIES, ["N", *score_shape(params)])
 
 
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
@@ -49,8 +67,10 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: 
     return sample_checks.split_chunks(feeds, chunks), informative
 
 
-def results(probabilities: np.ndarray, params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:
-    """Per sample: the class id of the most probable class per pixel and its probability."""
+def results(scores: list[np.ndarray], params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:
+    """Per sample: the class id of the most probable class per pixel and its probability (``scores``: the
+    inference graph's outputs, the probabilities (N, K, H, W))."""
+    probabilities = scores[0]
     unknown = [key for key in outputs if key not in RESULT_KEYS]
     if unknown:
         raise DLParamError(f"apply_dl_model: unknown outputs {unknown}; a segmentation model offers {list(RESULT_KEYS)}")

@@ -15,12 +15,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import onnx
 import numpy as np
+import onnx
 from google.protobuf.message import DecodeError
 
-from . import __version__
-from .errors import DLModelFileError
+from . import __version__, detection_export
+from .errors import DLModelFileError, DLParamError
 from .model import DLModel, from_network
 
 MAX_FILE_SIZE = 2**31  # bytes read without explicit consent (max_file_size=None)
@@ -143,6 +143,10 @@ def read_dl_model(source: str | os.PathLike[str], type: str | None = None,
     model = parse(data, str(path))
     _load_external_data(model, path)
     stored = metadata(model)
+    if stored and stored.get("postprocessed"):
+        raise DLModelFileError(f"{str(path)!r} holds a detector exported with postprocess=True (it ends in final "
+                               f"boxes): it runs in any ONNX runtime but cannot be trained; read the file written "
+                               f"without postprocess")
     params = dict(stored["params"]) if stored else {}
     stored_type = params.pop("type", None)
     if type is not None and stored_type is not None and type != stored_type:
@@ -160,18 +164,34 @@ def read_dl_model(source: str | os.PathLike[str], type: str | None = None,
     return result
 
 
-def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_state: bool = True) -> None:
+def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_state: bool = True,
+                   postprocess: bool = False) -> None:
     """Write ``model`` as an ordinary inference ONNX file with its parameters in the metadata.
 
-    The file ends in class probabilities, so any ONNX runtime gives what ``apply_dl_model``
-    gives. Unless ``include_solver_state`` is False, the solver state (SGD velocity or Adam
-    moments and step count) goes into the metadata too (key ``onnx_dl.solver_state``, an .npz
-    archive in base64), so ``read_dl_model`` continues training exactly where it stopped.
-    Written atomically: a temporary file in the target folder, then a rename.
+    A classifier's or segmentation model's file ends in class probabilities, a detector's in its
+    heads (class scores and box deltas per level), so any ONNX runtime gives what
+    ``apply_dl_model`` computes from. Unless ``include_solver_state`` is False, the solver state
+    (SGD velocity or Adam moments and step count) goes into the metadata too (key
+    ``onnx_dl.solver_state``, an .npz archive in base64), so ``read_dl_model`` continues training
+    exactly where it stopped.
+
+    ``postprocess=True`` (detectors only) writes instead a graph ending in the final boxes:
+    decoding, ``min_confidence``, per-class and class-agnostic ``NonMaxSuppression`` and
+    ``max_num_detections``, with the model's current values (outputs: see
+    :mod:`onnx_dl.detection_export`); its boxes match ``apply_dl_model``'s. Such a file cannot be
+    read back for training. Written atomically: a temporary file in the target folder, then a rename.
     """
     with model.lock:
-        exported = model.inference_graph()
         info: dict[str, Any] = {"format": FORMAT_VERSION, "version": __version__, "params": dict(model.params)}
+        if postprocess:
+            if model.params["type"] != "detection":
+                raise DLParamError(f"write_dl_model: postprocess=True applies to detection models, not to a "
+                                   f"{model.params['type']} model")
+            exported = detection_export.postprocess_graph(model.network(), model.params)
+            info["postprocessed"] = True
+            include_solver_state = False
+        else:
+            exported = model.inference_graph()
         solver = model.solver_state() if include_solver_state else None
         if solver is not None:
             kind, steps, state = solver

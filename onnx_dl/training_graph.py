@@ -109,3 +109,47 @@ def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num
     weights = trainable if trainable is not None else g.weight_names(model)
     return _finish(model, b, {"loss_cross_entropy": ce}, weights,
                    [image, "labels", "pixel_weights", "ce_normalizer"], forward, image_dims)
+
+
+POSITIVE_NORMALIZER = "positive_normalizer"
+HEAD_WEIGHTS = ("class_heads_weight", "bbox_heads_weight")
+
+
+def detection(forward: onnx.ModelProto, image_dims: tuple[int, int, int], levels: list[int], class_logits: list[str],
+              box_deltas: list[str], trainable: list[str] | None = None) -> TrainingGraph:
+    """Training graph of a detector: per level a focal loss on the class logits and a Huber loss on the
+    box deltas, + weight prior.
+
+        loss_focal_level_<L> = class_heads_weight * sigmoid_focal(logits_L, y_L, w_L) / P
+        loss_huber_level_<L> = bbox_heads_weight * huber(deltas_L, t_L, v_L) / P
+
+    Inputs per chunk: the image (N, C, H, W); per level ``class_target_level_<L>`` and
+    ``class_weight_level_<L>`` (N, A*K, H_L, W_L: 0/1 targets; anchor weight times alpha or
+    1 - alpha), ``box_target_level_<L>`` and ``box_weight_level_<L>`` (N, A*4, H_L, W_L: encoded
+    deltas; 1 at positive anchors); ``positive_normalizer`` P = the number of positive anchors of
+    the whole step over all its chunks (at least 1), so the chunks' losses and gradients add up to
+    those of the whole batch (RetinaNet normalises by the positives of its batch: the same with one
+    chunk); ``class_heads_weight``, ``bbox_heads_weight``; ``weight_prior``.
+    """
+    model, b = _loss_graph(forward, image_dims)
+    image = g.image_input(model).name
+    shapes = g.tensor_shapes(g.with_input_shape(forward, [1, *image_dims]))
+    inputs = [image]
+    per_level: list[tuple[int, str, str, list[str]]] = []
+    for level, logits, deltas in zip(levels, class_logits, box_deltas):
+        names = [f"class_target_level_{level}", f"class_weight_level_{level}", f"box_target_level_{level}",
+                 f"box_weight_level_{level}"]
+        for name, source in zip(names, (logits, logits, deltas, deltas)):
+            b.input(name, ["N", *shapes[source][1:]])
+        inputs += names
+        per_level.append((level, logits, deltas, names))
+    for name in (POSITIVE_NORMALIZER, *HEAD_WEIGHTS):
+        b.input(name, [])
+    parts = {}
+    for level, logits, deltas, (class_target, class_weight, box_target, box_weight) in per_level:
+        focal = losses.sigmoid_focal(b, logits, class_target, class_weight, POSITIVE_NORMALIZER)
+        huber = losses.huber(b, deltas, box_target, box_weight, POSITIVE_NORMALIZER)
+        parts[f"loss_focal_level_{level}"] = b.op("Mul", [focal, HEAD_WEIGHTS[0]], f"focal_level_{level}")
+        parts[f"loss_huber_level_{level}"] = b.op("Mul", [huber, HEAD_WEIGHTS[1]], f"huber_level_{level}")
+    weights = trainable if trainable is not None else g.weight_names(model)
+    return _finish(model, b, parts, weights, [*inputs, POSITIVE_NORMALIZER, *HEAD_WEIGHTS], forward, image_dims)

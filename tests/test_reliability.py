@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_dl as dl
 from conftest import (CHANNELS, SIZE, assert_unchanged, conv_segmentation_network, image_samples, linear_network,
                       load, snapshot, weights)
+from test_detection import tiny_model as tiny_detection_model
 
 
 def test_non_finite_gradient_with_finite_loss_applies_no_update(tmp_path):
@@ -107,25 +108,37 @@ _values = st.one_of(
     st.builds(lambda shape, value: np.full(shape, value, np.int64),
               st.sampled_from([(SIZE, SIZE), (SIZE, SIZE, CHANNELS), (SIZE,)]), st.integers(-2, 5)),
 )
-_keys = st.sampled_from(["image", "image_label_id", "segmentation_image", "weight_image", "other"])
+_keys = st.sampled_from(["image", "image_label_id", "segmentation_image", "weight_image", "bbox_row1", "bbox_col2",
+                         "bbox_label_id", "other"])
 _sample = st.one_of(st.dictionaries(_keys, _values, max_size=5), st.integers(), st.none())
 
 
 def _valid(kind, rng):
     if kind == "classification":
         return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32), "image_label_id": 1}
+    if kind == "detection":
+        return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32), "bbox_row1": [0.0],
+                "bbox_col1": [0.5], "bbox_row2": [2.5], "bbox_col2": [3.0], "bbox_label_id": [7]}
     return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32),
             "segmentation_image": rng.integers(0, 3, (SIZE, SIZE)).astype(np.uint8)}
 
 
-@pytest.mark.parametrize("kind", ["classification", "segmentation"])
-def test_random_malformed_batches_raise_dl_errors_and_change_nothing(tmp_path, kind):
+def _fuzzed_model(tmp_path, kind):
+    if kind == "detection":
+        return tiny_detection_model(size=SIZE, batch_size=2)
     network = linear_network() if kind == "classification" else conv_segmentation_network()
     path = tmp_path / f"{kind}.onnx"
     onnx.save(network, path)
     model = dl.read_dl_model(path, type=kind)
     dl.set_dl_model_param(model, "image_dimensions", [SIZE, SIZE, CHANNELS])
     dl.set_dl_model_param(model, "batch_size", 2)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation", "detection"])
+def test_random_malformed_batches_raise_dl_errors_and_change_nothing(tmp_path, kind):
+    model = _fuzzed_model(tmp_path, kind)
+    class_ids = dl.get_dl_model_param(model, "class_ids")
     rng = np.random.default_rng(0)
     dl.train_dl_model_batch(model, [_valid(kind, rng), _valid(kind, rng)])
 
@@ -147,8 +160,8 @@ def test_random_malformed_batches_raise_dl_errors_and_change_nothing(tmp_path, k
             assert str(error)
             assert_unchanged(before, model)
         dl.set_dl_model_param(model, "batch_size", 2)
-        if dl.get_dl_model_param(model, "num_classes") != 3:
-            dl.set_dl_model_param(model, "class_ids", [0, 1, 2])
+        if dl.get_dl_model_param(model, "class_ids") != class_ids:
+            dl.set_dl_model_param(model, "class_ids", class_ids)
 
     check()
 
