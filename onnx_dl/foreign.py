@@ -97,7 +97,8 @@ def _inference_mode(model: onnx.ModelProto) -> None:
 
 
 def check_trainable(model: onnx.ModelProto) -> None:
-    """Raise unless every node between a trained weight and the scores has a gradient here."""
+    """Raise unless every node between a trained weight and an output (the scores of the first
+    output: its logits when it ends in a Softmax) has a gradient here."""
     weights = set(g.weight_names(model))
     if not weights:
         raise DLModelFileError("the network has no float weights in a trainable position (Conv, Gemm, MatMul, "
@@ -107,7 +108,8 @@ def check_trainable(model: onnx.ModelProto) -> None:
     for node in model.graph.node:  # nodes are in topological order (checked)
         if any(name in depends for name in node.input):
             depends.update(o for o in node.output if o in float_tensors)
-    needed = _ancestors(model, g.logits_output(model)[0])
+    roots = [g.logits_output(model)[0]] + [o.name for o in model.graph.output[1:]]
+    needed = set().union(*(_ancestors(model, root) for root in roots))
     for node in model.graph.node:
         on_path = any(name in depends for name in node.input) and any(o in needed and o in depends
                                                                       for o in node.output)

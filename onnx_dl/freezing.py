@@ -1,7 +1,7 @@
 """Frozen layers: which weights stay fixed, and the training form of a network that keeps them fixed.
 
 Two model parameters choose them: ``freeze_backbone`` (every weight except the layer that
-produces the scores) and ``frozen_layers`` (initializer names, or name prefixes ending in
+produces the scores; for a detector: except its feature pyramid and heads) and ``frozen_layers`` (initializer names, or name prefixes ending in
 ``*``). A frozen weight becomes a constant of the training graph, so the engine computes no
 gradient for it, the solver never touches it and the weight prior leaves it out: it stays bit
 for bit as it was. A batch-norm layer whose scale and bias are both frozen runs with its running
@@ -25,7 +25,7 @@ def frozen_weights(network: onnx.ModelProto, params: dict[str, Any]) -> set[str]
     weights = g.weight_names(network)
     frozen: set[str] = set()
     if params.get("freeze_backbone"):
-        head = set(g.head_weights(network, g.logits_output(network)[0]))
+        head = _head_weights(network, params["type"], weights)
         frozen.update(w for w in weights if w not in head)
     for pattern in params.get("frozen_layers") or []:
         matches = [w for w in weights if w == pattern or (pattern.endswith("*") and w.startswith(pattern[:-1]))]
@@ -34,6 +34,15 @@ def frozen_weights(network: onnx.ModelProto, params: dict[str, Any]) -> set[str]
                                f"initializer names such as {weights[:3]}")
         frozen.update(matches)
     return frozen
+
+
+def _head_weights(network: onnx.ModelProto, model_type: str, weights: list[str]) -> set[str]:
+    """What ``freeze_backbone`` keeps trainable: a detector's pyramid and heads, else the score layer."""
+    if model_type == "detection":
+        from .detector import PREFIX  # the builder names everything it adds with this prefix
+
+        return {w for w in weights if w.startswith(PREFIX)}
+    return set(g.head_weights(network, g.logits_output(network)[0]))
 
 
 def training_form(network: onnx.ModelProto, frozen: set[str]) -> onnx.ModelProto:

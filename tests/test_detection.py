@@ -444,3 +444,17 @@ def test_export_refuses_more_pairs_than_float32_ranks_exactly(tmp_path, monkeypa
     with pytest.raises(dl.DLParamError, match=r"\(anchor, class\) pairs per image"):
         dl.write_dl_model(tiny_model(), tmp_path / "big.onnx", postprocess=True)
     assert not (tmp_path / "big.onnx").exists()
+
+
+def test_freeze_backbone_keeps_the_classifier_fixed_and_trains_pyramid_and_heads() -> None:
+    model = dl.create_dl_model_detection("classifier_compact", 3, {"image_width": 64, "image_height": 64,
+                                                                   "min_level": 3, "max_level": 4,
+                                                                   "capacity": "low", "batch_size": 2})
+    dl.set_dl_model_param(model, "freeze_backbone", True)
+    before = weights(model)
+    dl.train_dl_model_batch(model, detection_samples(2, 64, seed=3))
+    after = weights(model)
+    moved = {name for name in after if not np.array_equal(before[name], after[name])}
+    assert moved and all(name.startswith(detector.PREFIX) for name in moved), sorted(moved)[:5]
+    assert any(name.startswith(detector.PREFIX) and "bn.running" in name for name in moved)  # FPN BN trains
+    assert not any("running" in name for name in moved if not name.startswith(detector.PREFIX))
