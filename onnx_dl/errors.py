@@ -26,3 +26,7 @@ class DLRuntimeError(DLError, RuntimeError):
 
 class DLNonFiniteError(DLError, FloatingPointError):
     """A training step whose loss or gradient went NaN or infinite; no update was applied."""
+
+
+class DLDatasetError(DLError, ValueError):
+    """A dataset folder or file that cannot be read or is inconsistent: names the file and what is wrong."""

@@ -1,0 +1,367 @@
+"""Datasets in HALCON's DLDataset layout: reading three file formats, writing, splitting, and
+turning dataset entries into raw samples.
+
+A DLDataset is a plain dict: ``class_ids``, ``class_names``, ``image_dir`` (absolute),
+``samples`` (dicts with ``image_file_name`` relative to ``image_dir``, ``image_id`` and the
+annotation: ``image_label_id``; or ``bbox_row1``/``bbox_col1``/``bbox_row2``/``bbox_col2`` lists
+with ``bbox_label_id``; or ``segmentation_file_name`` relative to ``segmentation_dir``), an
+optional ``split`` per sample, and ``type`` (our addition: what the dataset annotates).
+
+Formats: a folder with one sub-folder of images per class (classification), COCO JSON with
+``bbox`` annotations (detection), images with PNG label masks of the same file stem
+(segmentation), and the DLDataset itself as JSON (``write_dl_dataset``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DLDatasetError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DATASET_TYPES = ("classification", "detection", "segmentation")
+SPLITS = ("train", "validation", "test")
+BOX_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as float32 (H, W, C) with values as stored (0..255 for 8-bit images)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
+                image = image.convert("RGB" if image.mode != "LA" else "L")
+            array = np.asarray(image, dtype=np.float32)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DLDatasetError(f"cannot read image {str(path)!r}: {exc}") from exc
+    return array[..., None] if array.ndim == 2 else array
+
+
+def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """A label image (class id per pixel) as int64 (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DLDatasetError(f"cannot read label image {str(path)!r}: {exc}") from exc
+    if array.ndim != 2:
+        raise DLDatasetError(f"label image {str(path)!r}: expected one channel of class ids, got shape {array.shape}")
+    return array.astype(np.int64)
+
+
+def read_dl_dataset_classification(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """A classification dataset from ``folder/<class name>/<image>``; class ids 0.. by sorted name."""
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise DLDatasetError(f"dataset folder {str(folder)!r} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    samples = []
+    for class_id, name in enumerate(classes):
+        for path in _image_files(root / name):
+            samples.append({"image_file_name": f"{name}/{path.name}", "image_id": len(samples),
+                            "image_label_id": class_id})
+    if not samples:
+        raise DLDatasetError(f"dataset folder {str(folder)!r}: expected one sub-folder of images per class, "
+                             f"found {len(classes)} sub-folders and no images ({', '.join(IMAGE_SUFFIXES)})")
+    return {"type": "classification", "class_ids": list(range(len(classes))), "class_names": classes,
+            "image_dir": str(root), "samples": samples}
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DLDatasetError(f"cannot read {str(path)!r}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DLDatasetError(f"{str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                             f"column {exc.colno}") from exc
+
+
+def read_dl_dataset_from_coco(json_path: str | os.PathLike[str],
+                              image_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A detection dataset from COCO JSON (``images``, ``annotations`` with ``bbox``, ``categories``).
+
+    COCO boxes ``[x, y, w, h]`` have pixel corners at integer positions; HALCON's pixel-centred
+    boxes are ``col1 = x - 0.5, row1 = y - 0.5, col2 = x + w - 0.5, row2 = y + h - 0.5``.
+    Category ids become ``class_ids``; ``iscrowd`` annotations are skipped. ``image_dir``
+    defaults to the JSON file's folder.
+    """
+    path = Path(json_path)
+    coco = _load_json(path)
+    where = str(path)
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations",
+                                                                                       "categories")):
+        raise DLDatasetError(f"{where!r}: expected COCO JSON with the lists 'images', 'annotations' and 'categories'")
+    try:
+        categories = sorted((int(c["id"]), str(c["name"])) for c in coco["categories"])
+        images = {int(i["id"]): str(i["file_name"]) for i in coco["images"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DLDatasetError(f"{where!r}: a category needs 'id' and 'name', an image 'id' and 'file_name' ({exc})") \
+            from exc
+    known = {cid for cid, _ in categories}
+    boxes: dict[int, list[tuple[list[float], int]]] = {image_id: [] for image_id in images}
+    for index, annotation in enumerate(coco["annotations"]):
+        if annotation.get("iscrowd"):
+            continue
+        try:
+            image_id, category = int(annotation["image_id"]), int(annotation["category_id"])
+            x, y, w, h = (float(v) for v in annotation["bbox"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DLDatasetError(f"{where!r}, annotation {index}: expected 'image_id', 'category_id' and "
+                                 f"'bbox' [x, y, w, h] ({exc})") from exc
+        if category not in known:
+            raise DLDatasetError(f"{where!r}, annotation {index}: category_id {category} is not in 'categories' "
+                                 f"{sorted(known)}")
+        if image_id not in boxes:
+            raise DLDatasetError(f"{where!r}, annotation {index}: image_id {image_id} is not in 'images'")
+        boxes[image_id].append(([y - 0.5, x - 0.5, y + h - 0.5, x + w - 0.5], category))
+    samples = []
+    for image_id, file_name in sorted(images.items()):
+        found = boxes[image_id]
+        sample: dict[str, Any] = {"image_file_name": file_name, "image_id": image_id,
+                                  "bbox_label_id": [c for _, c in found]}
+        for column, key in enumerate(BOX_KEYS):
+            sample[key] = [box[column] for box, _ in found]
+        samples.append(sample)
+    folder = Path(image_dir) if image_dir is not None else path.parent
+    return {"type": "detection", "class_ids": [c for c, _ in categories], "class_names": [n for _, n in categories],
+            "image_dir": str(folder.resolve()), "samples": samples}
+
+
+def read_dl_dataset_segmentation(image_dir: str | os.PathLike[str], segmentation_dir: str | os.PathLike[str],
+                                 class_ids: Sequence[int], class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """A segmentation dataset: every image in ``image_dir`` with the PNG label mask of the same
+    file stem in ``segmentation_dir`` (pixel values are class ids)."""
+    images, labels = Path(image_dir).resolve(), Path(segmentation_dir).resolve()
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise DLDatasetError(f"dataset folder {str(folder)!r} does not exist")
+    masks = {p.stem: p.name for p in labels.iterdir() if p.suffix.lower() == ".png"}
+    samples = []
+    for path in _image_files(images):
+        if path.stem not in masks:
+            raise DLDatasetError(f"image {str(path)!r} has no label mask {path.stem}.png in {str(labels)!r}")
+        samples.append({"image_file_name": path.name, "image_id": len(samples),
+                        "segmentation_file_name": masks[path.stem]})
+    if not samples:
+        raise DLDatasetError(f"no images in {str(images)!r}")
+    names = list(class_names) if class_names is not None else [str(c) for c in class_ids]
+    return {"type": "segmentation", "class_ids": [int(c) for c in class_ids], "class_names": names,
+            "image_dir": str(images), "segmentation_dir": str(labels), "samples": samples}
+
+
+def dataset_type(dataset: dict[str, Any]) -> str:
+    """What the dataset annotates: its ``type``, else read off the keys of its first sample."""
+    if dataset.get("type") in DATASET_TYPES:
+        return str(dataset["type"])
+    first = dataset["samples"][0] if dataset.get("samples") else {}
+    if "bbox_label_id" in first:
+        return "detection"
+    if "segmentation_file_name" in first:
+        return "segmentation"
+    return "classification"
+
+
+def read_dl_dataset(source: str | os.PathLike[str], type: str | None = None) -> dict[str, Any]:
+    """A dataset from ``source``: a class-folder tree, COCO JSON or DLDataset JSON (detected)."""
+    path = Path(source)
+    if path.is_dir():
+        dataset = read_dl_dataset_classification(path)
+    elif not path.is_file():
+        raise DLDatasetError(f"dataset {str(source)!r} does not exist")
+    else:
+        content = _load_json(path)
+        if isinstance(content, dict) and "annotations" in content and "categories" in content:
+            dataset = read_dl_dataset_from_coco(path)
+        elif isinstance(content, dict) and isinstance(content.get("samples"), list):
+            dataset = _checked_dataset(content, path)
+        else:
+            raise DLDatasetError(f"{str(path)!r}: neither COCO JSON (images, annotations, categories) nor a DLDataset "
+                                 f"(class_ids, class_names, image_dir, samples)")
+    if type is not None and dataset_type(dataset) != type:
+        raise DLDatasetError(f"dataset {str(source)!r} annotates {dataset_type(dataset)}, expected {type}")
+    return dataset
+
+
+def _checked_dataset(content: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A DLDataset read from JSON, with relative folders resolved against the file's folder."""
+    missing = [k for k in ("class_ids", "class_names", "image_dir", "samples") if k not in content]
+    if missing:
+        raise DLDatasetError(f"{str(path)!r}: the DLDataset lacks {missing}")
+    if len(content["class_ids"]) != len(content["class_names"]):
+        raise DLDatasetError(f"{str(path)!r}: {len(content['class_ids'])} class_ids but "
+                             f"{len(content['class_names'])} class_names")
+    dataset = dict(content)
+    for key in ("image_dir", "segmentation_dir"):
+        if key in dataset:
+            dataset[key] = str((path.parent / dataset[key]).resolve())
+    known = set(dataset["class_ids"])
+    for index, sample in enumerate(dataset["samples"]):
+        labels = [sample["image_label_id"]] if "image_label_id" in sample else sample.get("bbox_label_id", [])
+        unknown = [label for label in labels if label not in known]
+        if unknown:
+            raise DLDatasetError(f"{str(path)!r}, sample {index}: label ids {unknown} are not in class_ids "
+                                 f"{sorted(known)}")
+    dataset["type"] = dataset_type(dataset)
+    return dataset
+
+
+def write_dl_dataset(dataset: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``dataset`` as JSON (atomically); folders inside the file's folder are stored relative."""
+    from .serialization import write_atomically
+
+    target = Path(path)
+    content = dict(dataset)
+    for key in ("image_dir", "segmentation_dir"):
+        if key in content:
+            folder = Path(content[key]).resolve()
+            try:
+                content[key] = str(folder.relative_to(target.parent.resolve()))
+            except ValueError:
+                content[key] = str(folder)
+    content["samples"] = [{k: _plain(v) for k, v in s.items()} for s in dataset["samples"]]
+    write_atomically(target, json.dumps(content, indent=1).encode("utf-8"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _stratum(dataset: dict[str, Any], sample: dict[str, Any]) -> int:
+    """The class a sample is stratified by: its label, or the most frequent box label (-1: none)."""
+    if "image_label_id" in sample:
+        return int(sample["image_label_id"])
+    labels = sample.get("bbox_label_id")
+    if labels is not None and len(labels):
+        values, counts = np.unique(np.asarray(labels), return_counts=True)
+        return int(values[counts.argmax()])
+    return -1
+
+
+def split_dl_dataset(dataset: dict[str, Any], train_percent: float = 70.0, validation_percent: float = 15.0,
+                     seed: int = 42) -> None:
+    """Set ``split`` ('train', 'validation', 'test') of every sample in place, stratified by class.
+
+    Per class, the samples are shuffled with ``seed`` and the first round(n * train_percent / 100)
+    go to train, the next round(n * validation_percent / 100) to validation, the rest to test; a
+    class with samples always puts at least one into train.
+    """
+    if train_percent <= 0 or validation_percent < 0 or train_percent + validation_percent > 100:
+        raise DLDatasetError(f"split_dl_dataset: expected 0 < train_percent and train_percent + validation_percent "
+                             f"<= 100, got {train_percent} and {validation_percent}")
+    rng = np.random.default_rng(seed)
+    strata: dict[int, list[int]] = {}
+    for index, sample in enumerate(dataset["samples"]):
+        strata.setdefault(_stratum(dataset, sample), []).append(index)
+    for key in sorted(strata):
+        members = rng.permutation(strata[key])
+        train = max(1, int(round(len(members) * train_percent / 100)))
+        validation = int(round(len(members) * validation_percent / 100))
+        for position, index in enumerate(members):
+            split = "train" if position < train else "validation" if position < train + validation else "test"
+            dataset["samples"][int(index)]["split"] = split
+
+
+def split_indices(dataset: dict[str, Any], split: str) -> list[int]:
+    """Indices of the samples in ``split`` ('train', 'validation', 'test')."""
+    if split not in SPLITS:
+        raise DLDatasetError(f"split: expected one of {list(SPLITS)}, got {split!r}")
+    return [i for i, s in enumerate(dataset["samples"]) if s.get("split") == split]
+
+
+def gen_dl_samples(dataset: dict[str, Any], indices: Sequence[int]) -> list[dict[str, Any]]:
+    """Raw samples of the dataset entries ``indices``: ``image`` float32 (H, W, C) as stored,
+    ``image_id`` and the annotation (``image_label_id``; box arrays and ``bbox_label_id``;
+    ``segmentation_image`` int64 (H, W))."""
+    entries = dataset["samples"]
+    image_dir = Path(dataset["image_dir"])
+    result = []
+    for index in indices:
+        if not 0 <= int(index) < len(entries):
+            raise DLDatasetError(f"gen_dl_samples: index {index} outside 0..{len(entries) - 1}")
+        entry = entries[int(index)]
+        sample: dict[str, Any] = {"image": read_image(image_dir / entry["image_file_name"]),
+                                  "image_id": entry.get("image_id", int(index))}
+        if "image_label_id" in entry:
+            sample["image_label_id"] = entry["image_label_id"]
+        if "bbox_label_id" in entry:
+            for key in BOX_KEYS:
+                sample[key] = np.asarray(entry[key], np.float32)
+            sample["bbox_label_id"] = np.asarray(entry["bbox_label_id"], np.int64)
+        if "segmentation_file_name" in entry:
+            sample["segmentation_image"] = read_label_image(Path(dataset["segmentation_dir"])
+                                                            / entry["segmentation_file_name"])
+        result.append(sample)
+    return result
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8)).save(path)
+
+
+def write_synthetic_dataset(type: str, folder: str | os.PathLike[str], count: int = 400,
+                            size: int = 64, seed: int = 0) -> Path:
+    """Write ``count`` generated shapes (``onnx_dl.synthetic``) of ``type`` to ``folder`` in that
+    type's file format and return what :func:`read_dl_dataset` takes: the class-folder tree
+    (classification), ``annotations.json`` (COCO, detection) or ``dataset.json`` (DLDataset with
+    ``images/`` and ``labels/``, segmentation)."""
+    from . import synthetic
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    if type == "classification":
+        names = list(synthetic.SHAPES)
+        for name in names:
+            (root / name).mkdir(exist_ok=True)
+        for index, sample in enumerate(synthetic.classification_samples(count, size, seed)):
+            _write_png(root / names[sample["image_label_id"]] / f"{index:05d}.png", sample["image"] + 127.0)
+        return root
+    if type == "detection":
+        names = list(synthetic.SHAPES[:3])
+        (root / "images").mkdir(exist_ok=True)
+        images, annotations = [], []
+        for index, sample in enumerate(synthetic.detection_samples(count, size, seed)):
+            file_name = f"images/{index:05d}.png"
+            _write_png(root / file_name, sample["image"] + 127.0)
+            images.append({"id": index, "file_name": file_name, "width": size, "height": size})
+            for r1, c1, r2, c2, label in zip(*(sample[k] for k in BOX_KEYS), sample["bbox_label_id"]):
+                annotations.append({"id": len(annotations), "image_id": index, "category_id": int(label),
+                                    "bbox": [float(c1) + 0.5, float(r1) + 0.5, float(c2 - c1), float(r2 - r1)],
+                                    "iscrowd": 0, "area": float((c2 - c1) * (r2 - r1))})
+        coco = {"images": images, "annotations": annotations,
+                "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}
+        (root / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
+        return root / "annotations.json"
+    if type == "segmentation":
+        (root / "images").mkdir(exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        for index, sample in enumerate(synthetic.segmentation_samples(count, size, seed)):
+            _write_png(root / "images" / f"{index:05d}.png", sample["image"] + 127.0)
+            _write_png(root / "labels" / f"{index:05d}.png", sample["segmentation_image"])
+        dataset = read_dl_dataset_segmentation(root / "images", root / "labels", [0, 1, 2, 3],
+                                               ["background", *synthetic.SHAPES[:3]])
+        write_dl_dataset(dataset, root / "dataset.json")
+        return root / "dataset.json"
+    raise DLDatasetError(f"write_synthetic_dataset: type must be one of {list(DATASET_TYPES)}, got {type!r}")

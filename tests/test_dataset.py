@@ -1,0 +1,175 @@
+"""Datasets: the three file formats and DLDataset JSON, splitting, sample generation, errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnx_dl import dataset as D
+from onnx_dl.errors import DLDatasetError
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def test_classification_folder_tree(tmp_path: Path) -> None:
+    for name, value in [("cat", 10), ("dog", 200)]:
+        for i in range(3):
+            _png(tmp_path / name / f"{i}.png", np.full((4, 5, 3), value + i))
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    dataset = D.read_dl_dataset(tmp_path)
+    assert dataset["type"] == "classification"
+    assert dataset["class_ids"] == [0, 1] and dataset["class_names"] == ["cat", "dog"]
+    assert [s["image_label_id"] for s in dataset["samples"]] == [0, 0, 0, 1, 1, 1]
+    sample = D.gen_dl_samples(dataset, [4])[0]
+    assert sample["image"].shape == (4, 5, 3) and sample["image"].dtype == np.float32
+    assert np.all(sample["image"] == 201) and sample["image_label_id"] == 1
+
+
+def test_coco_boxes_become_pixel_centred(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png", np.zeros((20, 30, 3)))
+    _png(tmp_path / "b.png", np.zeros((20, 30, 3)))
+    coco = {"images": [{"id": 7, "file_name": "a.png"}, {"id": 9, "file_name": "b.png"}],
+            "categories": [{"id": 3, "name": "bolt"}, {"id": 1, "name": "nut"}],
+            "annotations": [{"image_id": 7, "category_id": 3, "bbox": [2, 4, 10, 6]},
+                            {"image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1]},
+                            {"image_id": 7, "category_id": 1, "bbox": [0, 0, 30, 20], "iscrowd": 1}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    dataset = D.read_dl_dataset(tmp_path / "coco.json")
+    assert dataset["type"] == "detection"
+    assert dataset["class_ids"] == [1, 3] and dataset["class_names"] == ["nut", "bolt"]
+    first, second = dataset["samples"]
+    assert first["bbox_label_id"] == [3, 1]
+    # [x, y, w, h] = [2, 4, 10, 6]: columns 2..11 and rows 4..9 -> col1 1.5, row1 3.5, col2 11.5, row2 9.5
+    assert (first["bbox_row1"][0], first["bbox_col1"][0], first["bbox_row2"][0], first["bbox_col2"][0]) == \
+        (3.5, 1.5, 9.5, 11.5)
+    assert second["bbox_label_id"] == [] and second["bbox_row1"] == []  # an image without boxes is valid
+    sample = D.gen_dl_samples(dataset, [0])[0]
+    assert sample["bbox_col2"].tolist() == [11.5, 0.5] and sample["bbox_label_id"].dtype == np.int64
+
+
+def test_segmentation_masks(tmp_path: Path) -> None:
+    labels = np.array([[0, 1], [2, 1]])
+    _png(tmp_path / "img" / "x.jpg", np.zeros((2, 2, 3)))
+    _png(tmp_path / "lab" / "x.png", labels)
+    dataset = D.read_dl_dataset_segmentation(tmp_path / "img", tmp_path / "lab", [0, 1, 2], ["bg", "a", "b"])
+    sample = D.gen_dl_samples(dataset, [0])[0]
+    assert sample["segmentation_image"].tolist() == labels.tolist()
+    assert sample["segmentation_image"].dtype == np.int64
+
+
+def test_dldataset_json_round_trip_with_relative_folders(tmp_path: Path) -> None:
+    path = D.write_synthetic_dataset("segmentation", tmp_path / "seg", count=6, size=16, seed=3)
+    stored = json.loads(path.read_text())
+    assert stored["image_dir"] == "images" and stored["segmentation_dir"] == "labels"  # portable
+    dataset = D.read_dl_dataset(path)
+    D.split_dl_dataset(dataset, 50, 25, seed=0)
+    D.write_dl_dataset(dataset, tmp_path / "copy.json")
+    again = D.read_dl_dataset(tmp_path / "copy.json")
+    assert again["samples"] == dataset["samples"] and again["image_dir"] == dataset["image_dir"]
+
+
+@pytest.mark.parametrize("kind", D.DATASET_TYPES)
+def test_synthetic_datasets_read_back_to_what_was_generated(tmp_path: Path, kind: str) -> None:
+    from onnx_dl import synthetic
+
+    path = D.write_synthetic_dataset(kind, tmp_path / kind, count=8, size=32, seed=5)
+    dataset = D.read_dl_dataset(path, type=kind)
+    assert len(dataset["samples"]) == 8
+    samples = D.gen_dl_samples(dataset, range(8))
+    if kind == "classification":
+        generated = synthetic.classification_samples(8, 32, 5)
+        by_label = Counter(s["image_label_id"] for s in generated)
+        assert Counter(s["image_label_id"] for s in samples) == by_label
+    elif kind == "detection":
+        generated = synthetic.detection_samples(8, 32, 5)
+        for ours, original in zip(samples, generated):
+            for key in (*D.BOX_KEYS, "bbox_label_id"):
+                np.testing.assert_allclose(ours[key], original[key])
+            np.testing.assert_allclose(ours["image"], np.clip(np.rint(original["image"] + 127), 0, 255))
+    else:
+        generated = synthetic.segmentation_samples(8, 32, 5)
+        for ours, original in zip(samples, generated):
+            assert np.array_equal(ours["segmentation_image"], original["segmentation_image"])
+
+
+def _labelled(counts: dict[int, int]) -> dict:
+    samples = [{"image_file_name": f"{c}_{i}.png", "image_id": len(counts) * 1000 + i, "image_label_id": c}
+               for c, n in counts.items() for i in range(n)]
+    return {"class_ids": list(counts), "class_names": [str(c) for c in counts], "image_dir": "/", "samples": samples}
+
+
+def test_split_is_stratified_reproducible_and_complete() -> None:
+    dataset = _labelled({0: 100, 1: 40, 2: 1})
+    D.split_dl_dataset(dataset, 70, 20, seed=4)
+    per_class = Counter((s["image_label_id"], s["split"]) for s in dataset["samples"])
+    assert (per_class[0, "train"], per_class[0, "validation"], per_class[0, "test"]) == (70, 20, 10)
+    assert (per_class[1, "train"], per_class[1, "validation"], per_class[1, "test"]) == (28, 8, 4)
+    assert per_class[2, "train"] == 1  # a class of one sample still lands in train
+    first = [s["split"] for s in dataset["samples"]]
+    D.split_dl_dataset(dataset, 70, 20, seed=4)
+    assert [s["split"] for s in dataset["samples"]] == first
+    D.split_dl_dataset(dataset, 70, 20, seed=5)
+    assert [s["split"] for s in dataset["samples"]] != first
+    indices = [D.split_indices(dataset, split) for split in D.SPLITS]
+    assert sorted(sum(indices, [])) == list(range(141))
+
+
+def test_detection_split_stratifies_by_the_most_frequent_box_label() -> None:
+    samples = [{"image_file_name": f"{i}.png", "bbox_label_id": [i % 2, i % 2, 1 - i % 2], **{k: [0, 0, 0] for k in
+                                                                                             D.BOX_KEYS}}
+               for i in range(20)]
+    dataset = {"class_ids": [0, 1], "class_names": ["a", "b"], "image_dir": "/", "samples": samples}
+    D.split_dl_dataset(dataset, 50, 50, seed=0)
+    assert Counter((i % 2, s["split"]) for i, s in enumerate(samples)) == {(0, "train"): 5, (0, "validation"): 5,
+                                                                            (1, "train"): 5, (1, "validation"): 5}
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text('{"images": [\n  1,\n  }')
+    with pytest.raises(DLDatasetError, match=r"broken.json.*not valid JSON.*line 3"):
+        D.read_dl_dataset(tmp_path / "broken.json")
+    _png(tmp_path / "imgs" / "a.png", np.zeros((2, 2, 3)))
+    coco = {"images": [{"id": 1, "file_name": "imgs/a.png"}], "categories": [{"id": 0, "name": "x"}],
+            "annotations": [{"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    with pytest.raises(DLDatasetError, match=r"coco.json.*annotation 0: category_id 5 is not in 'categories'"):
+        D.read_dl_dataset(tmp_path / "coco.json")
+    (tmp_path / "cls" / "a").mkdir(parents=True)
+    (tmp_path / "cls" / "a" / "bad.png").write_bytes(b"not a png")
+    dataset = D.read_dl_dataset(tmp_path / "cls")
+    with pytest.raises(DLDatasetError, match=r"cannot read image .*bad.png"):
+        D.gen_dl_samples(dataset, [0])
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DLDatasetError, match="empty.*no images"):
+        D.read_dl_dataset(tmp_path / "empty")
+    _png(tmp_path / "seg_img" / "x.png", np.zeros((2, 2, 3)))
+    (tmp_path / "seg_lab").mkdir()
+    with pytest.raises(DLDatasetError, match=r"x.png.*has no label mask x.png"):
+        D.read_dl_dataset_segmentation(tmp_path / "seg_img", tmp_path / "seg_lab", [0, 1])
+    with pytest.raises(DLDatasetError, match="does not exist"):
+        D.read_dl_dataset(tmp_path / "nothing_here")
+    with pytest.raises(DLDatasetError, match="annotates classification, expected detection"):
+        D.read_dl_dataset(tmp_path / "cls", type="detection")
+
+
+def test_dldataset_with_unknown_label_is_refused(tmp_path: Path) -> None:
+    content = _labelled({0: 2})
+    content["samples"][1]["image_label_id"] = 4
+    (tmp_path / "d.json").write_text(json.dumps(content))
+    with pytest.raises(DLDatasetError, match=r"sample 1: label ids \[4\] are not in class_ids \[0\]"):
+        D.read_dl_dataset(tmp_path / "d.json")
+
+
+def test_bad_split_arguments() -> None:
+    with pytest.raises(DLDatasetError, match="train_percent"):
+        D.split_dl_dataset(_labelled({0: 3}), 80, 30)
+    with pytest.raises(DLDatasetError, match="expected one of"):
+        D.split_indices(_labelled({0: 3}), "holdout")
