@@ -275,8 +275,8 @@ def split_dl_dataset(dataset: dict[str, Any], train_percent: float = 70.0, valid
         strata.setdefault(_stratum(dataset, sample), []).append(index)
     for key in sorted(strata):
         members = rng.permutation(strata[key])
-        train = max(1, int(round(len(members) * train_percent / 100)))
-        validation = int(round(len(members) * validation_percent / 100))
+        train = max(1, round(len(members) * train_percent / 100))
+        validation = round(len(members) * validation_percent / 100)
         for position, index in enumerate(members):
             split = "train" if position < train else "validation" if position < train + validation else "test"
             dataset["samples"][int(index)]["split"] = split

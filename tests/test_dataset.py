@@ -119,7 +119,7 @@ def test_split_is_stratified_reproducible_and_complete() -> None:
     D.split_dl_dataset(dataset, 70, 20, seed=5)
     assert [s["split"] for s in dataset["samples"]] != first
     indices = [D.split_indices(dataset, split) for split in D.SPLITS]
-    assert sorted(sum(indices, [])) == list(range(141))
+    assert sorted(i for part in indices for i in part) == list(range(141))
 
 
 def test_detection_split_stratifies_by_the_most_frequent_box_label() -> None:
