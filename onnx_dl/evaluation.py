@@ -207,3 +207,43 @@ def detection_measures(results: list[dict[str, Any]], samples: list[dict[str, An
     return {"map_50": _mean_over_present(table[0]), "map_50_95": _mean_over_present(per_class),
             "ap_50_per_class": {cid: float(v) for cid, v in zip(class_ids, table[0])},
             "ap_50_95_per_class": {cid: float(v) for cid, v in zip(class_ids, per_class)}}
+
+
+MAIN_MEASURES = {"classification": "top1_error", "segmentation": "mean_iou", "detection": "map_50"}
+
+
+def main_measure(model_type: str) -> tuple[str, Any]:
+    """The measure that picks the best model of a type, and ``better(new, old)`` for it."""
+    name = MAIN_MEASURES[model_type]
+    if name == "top1_error":
+        return name, lambda new, old: new < old
+    return name, lambda new, old: new > old
+
+
+def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: str = "validation",
+                      samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The measures of ``model`` on the ``split`` of ``dataset`` (or on preprocessed ``samples``).
+
+    Classification: :func:`classification_measures`; segmentation: :func:`segmentation_measures`;
+    detection: :func:`detection_measures`. Dataset images are read and preprocessed to the
+    model's size and value range first.
+    """
+    from .operators import apply_dl_model
+
+    if samples is None:
+        if dataset is None:
+            raise DLSampleError("evaluate_dl_model: give a dataset or samples")
+        from .dataset import gen_dl_samples, split_indices
+        from .preprocess import preprocess_dl_samples
+
+        indices = split_indices(dataset, split)
+        if not indices:
+            raise DLSampleError(f"evaluate_dl_model: the dataset has no {split!r} samples")
+        samples = preprocess_dl_samples(gen_dl_samples(dataset, indices), model.params)
+    params = model.params
+    results = apply_dl_model(model, samples)
+    if params["type"] == "classification":
+        return classification_measures(results, samples, params["class_ids"])
+    if params["type"] == "segmentation":
+        return segmentation_measures(results, samples, params["class_ids"], params["ignore_class_ids"])
+    return detection_measures(results, samples, params["class_ids"])

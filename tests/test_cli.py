@@ -3,32 +3,87 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import onnxruntime as ort
+import pytest
+
+from onnx_dl import dataset as D
 
 
-def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnx_dl.cli", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+                          cwd=cwd, check=False)
 
 
-def test_train_writes_model_and_log(tmp_path):
-    done = _cli("train", "--epochs", "1", "--train-samples", "256", "--output", str(tmp_path))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small default-style run: generated shapes, the bundled classifier."""
+    out = tmp_path_factory.mktemp("runs")
+    done = _cli("train", "--epochs", "2", "--samples", "192", "--output", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
-    assert "validation accuracy" in done.stdout
-    (run,) = list(tmp_path.iterdir())
-    rows = list(csv.DictReader(open(run / "log.csv")))
-    assert len(rows) == 256 // 32 + 1 and rows[-1]["validation_accuracy"] != ""
-    session = ort.InferenceSession(str(run / "best_model.onnx"), providers=["CPUExecutionProvider"])
+    assert "best validation top1_error" in done.stdout
+    (run,) = list(out.iterdir())
+    return run
+
+
+def test_train_writes_model_log_and_plot(trained: Path) -> None:
+    with open(trained / "log.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    steps = [r for r in rows if r["total_loss"]]
+    assert len(steps) == 2 * (192 * 80 // 100 // 32) and len(rows) == len(steps) + 2
+    assert (trained / "training.png").stat().st_size > 1000
+    session = ort.InferenceSession(str(trained / "best_model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].shape[1] == 4
 
 
-def test_info_and_bad_arguments():
-    done = _cli("info", "classifier_compact")
-    assert done.returncode == 0 and "num_trainable_params" in done.stdout
-    assert _cli("train", "--epochs", "x").returncode == 2
-    assert _cli("fly").returncode == 2
+def test_evaluate_apply_export_info(trained: Path, tmp_path: Path) -> None:
+    model = str(trained / "best_model.onnx")
+    done = _cli("evaluate", model, str(trained / "dataset"), "--split", "train")
+    assert done.returncode == 0, done.stderr
+    assert 0.0 <= json.loads(done.stdout)["top1_error"] <= 1.0
+    images = sorted((trained / "dataset" / "circle").iterdir())[:2]
+    done = _cli("apply", model, *map(str, images), "--draw", str(tmp_path / "drawn"))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == 2 and {"class_id", "class_name", "confidence"} <= set(lines[0])
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 2
+    done = _cli("export", model, str(tmp_path / "deploy.onnx"))
+    assert done.returncode == 0 and (tmp_path / "deploy.onnx").exists()
+    done = _cli("info", model)
+    assert done.returncode == 0 and "num_trainable_params" in done.stdout and "circle" in done.stdout
+
+
+def test_train_detection_dataset_and_export_boxes(tmp_path: Path) -> None:
+    coco = D.write_synthetic_dataset("detection", tmp_path / "data", 24, 64, seed=0)
+    done = _cli("train", "--dataset", str(coco), "--epochs", "1", "--batch-size", "4", "--image-size", "64",
+                "--output", str(tmp_path / "runs"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    (run,) = list((tmp_path / "runs").iterdir())
+    done = _cli("export", str(run / "best_model.onnx"), str(tmp_path / "boxes.onnx"))
+    assert done.returncode == 0, done.stderr
+    session = ort.InferenceSession(str(tmp_path / "boxes.onnx"), providers=["CPUExecutionProvider"])
+    assert "bbox_confidence" in [o.name for o in session.get_outputs()]
+    image = min((tmp_path / "data" / "images").iterdir())
+    done = _cli("apply", str(run / "best_model.onnx"), str(image), "--draw", str(tmp_path / "drawn"))
+    assert done.returncode == 0, done.stderr
+    assert "boxes" in json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "apply", "export", "info"])
+def test_help_of_every_command(command: str) -> None:
+    done = _cli(command, "--help")
+    assert done.returncode == 0 and "usage: onnx-dl" in done.stdout
+
+
+def test_bad_arguments_exit_2_with_one_line() -> None:
+    for args in [("train", "--epochs", "x"), ("fly",), ("info", "no_such_model"), ("evaluate", "classifier_compact",
+                                                                                  "/nonexistent/dataset")]:
+        done = _cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     bad = _cli("info", "no_such_model")
-    assert bad.returncode == 1 and "no bundled model" in bad.stderr
+    assert bad.stderr.strip().startswith("onnx-dl info: no model file 'no_such_model'")

@@ -1,0 +1,209 @@
+"""The epoch loop around ``train_dl_model_batch`` (HALCON's ``train_dl_model``): batches from the
+training split, a learning-rate schedule, evaluation on the validation split, the best model on
+disk, a CSV log, a progress bar and a plot.
+
+Interrupting a run (Ctrl-C) ends it cleanly: the step that was running changes nothing (see
+``train_dl_model_batch``), the best model written so far and the log stay intact, and the result
+says ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import dataset as ds
+from .errors import DLParamError
+from .evaluation import evaluate_dl_model, main_measure
+from .model import DLModel
+from .operators import set_dl_model_param, train_dl_model_batch
+from .serialization import write_dl_model
+
+LOG_COLUMNS = ["epoch", "step", "learning_rate", "total_loss", "images_per_second", "validation_measure"]
+
+
+def step_schedule(base: float, epoch: float, step_epochs: float = 10.0, gamma: float = 0.1) -> float:
+    """Step decay: lr = base * gamma ** floor(epoch / step_epochs) (``epoch`` counts from 0, fractional)."""
+    return base * gamma ** math.floor(epoch / step_epochs)
+
+
+def cosine_schedule(base: float, epoch: float, epochs: float, minimum: float = 0.0) -> float:
+    """Cosine decay from ``base`` at epoch 0 to ``minimum`` at ``epochs``:
+    lr = minimum + (base - minimum) * (1 + cos(pi * epoch / epochs)) / 2."""
+    return minimum + (base - minimum) * 0.5 * (1.0 + math.cos(math.pi * min(epoch / epochs, 1.0)))
+
+
+def schedule_function(name: str | None, base: float, epochs: int, **settings: float) -> Callable[[float], float]:
+    """The learning rate as a function of the (fractional) epoch for schedule ``name``."""
+    if name is None:
+        return lambda epoch: base
+    if name == "step":
+        return lambda epoch: step_schedule(base, epoch, **settings)
+    if name == "cosine":
+        return lambda epoch: cosine_schedule(base, epoch, epochs, **settings)
+    raise DLParamError(f"schedule: expected None, 'step' or 'cosine', got {name!r}")
+
+
+@dataclass
+class TrainResult:
+    """What a run of :func:`train_dl_model` did."""
+
+    output_dir: Path | None
+    best_measure: float | None = None  # the type's main measure of the best model (see evaluation.main_measure)
+    best_epoch: int | None = None
+    steps: int = 0
+    interrupted: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per evaluation
+
+
+class _Samples:
+    """Preprocessed samples of dataset entries, read once and kept in memory."""
+
+    def __init__(self, dataset: dict[str, Any], model: DLModel) -> None:
+        self.dataset, self.model, self.cache = dataset, model, {}
+
+    def get(self, indices: list[int]) -> list[dict[str, Any]]:
+        from .preprocess import preprocess_dl_samples
+
+        missing = [i for i in indices if i not in self.cache]
+        if missing:
+            for index, sample in zip(missing, preprocess_dl_samples(ds.gen_dl_samples(self.dataset, missing),
+                                                                    self.model.params)):
+                self.cache[index] = sample
+        return [self.cache[i] for i in indices]
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+
+
+def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, evaluate_every: int = 1,
+                   schedule: str | None = None, schedule_settings: dict[str, float] | None = None,
+                   augment: bool = False, output_dir: str | Path | None = None, seed: int = 0,
+                   progress: bool = True) -> TrainResult:
+    """Train ``model`` for ``epochs`` epochs on the 'train' split of ``dataset``.
+
+    Each epoch shuffles the training samples (seeded) and runs ``train_dl_model_batch`` on
+    batches of ``batch_size * batch_size_multiplier`` (a last partial batch is left out). The
+    learning rate follows ``schedule`` ('step': ``step_epochs``, ``gamma``; 'cosine':
+    ``minimum``) from the model's learning rate at the start. Every ``evaluate_every`` epochs
+    (and after the last) the model is evaluated on the 'validation' split (the training split
+    when there is none) and, if its main measure is the best so far, written to
+    ``output_dir/best_model.onnx``. ``output_dir`` also gets ``log.csv`` (one row per step,
+    flushed) and, with matplotlib installed, ``training.png``.
+    """
+    if epochs < 1 or evaluate_every < 1:
+        raise DLParamError(f"epochs and evaluate_every: expected >= 1, got {epochs} and {evaluate_every}")
+    train = ds.split_indices(dataset, "train")
+    if not train:
+        raise DLParamError("train_dl_model: the dataset has no 'train' samples; call split_dl_dataset first")
+    validation = ds.split_indices(dataset, "validation") or train
+    params = model.params
+    batch = params["batch_size"] * params["batch_size_multiplier"]
+    per_epoch = len(train) // batch
+    if per_epoch == 0:
+        raise DLParamError(f"train_dl_model: {len(train)} training samples make no batch of {batch}")
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    learning_rate = schedule_function(schedule, params["learning_rate"], epochs, **(schedule_settings or {}))
+    name, better = main_measure(params["type"])
+    samples, rng, result = _Samples(dataset, model), np.random.default_rng(seed), TrainResult(out)
+    log_file = open(out / "log.csv", "w", newline="") if out is not None else None  # noqa: SIM115
+    log = csv.writer(log_file) if log_file is not None else None
+    if log is not None:
+        log.writerow(LOG_COLUMNS)
+    bar = _progress(epochs * per_epoch, progress)
+    try:
+        for epoch in range(epochs):
+            order = rng.permutation(train)
+            for position in range(per_epoch):
+                lr = learning_rate(epoch + position / per_epoch)
+                set_dl_model_param(model, "learning_rate", lr)
+                chosen = [int(i) for i in order[position * batch:(position + 1) * batch]]
+                batch_samples = samples.get(chosen)
+                if augment:
+                    from .preprocess import augment_dl_samples
+
+                    batch_samples = augment_dl_samples(batch_samples, rng)
+                start = time.perf_counter()
+                loss = train_dl_model_batch(model, batch_samples)["total_loss"]
+                speed = batch / (time.perf_counter() - start)
+                result.steps += 1
+                if log is not None:
+                    log.writerow([epoch + 1, result.steps, f"{lr:.6g}", f"{loss:.6f}", f"{speed:.1f}", ""])
+                    log_file.flush()
+                if bar is not None:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", img_s=f"{speed:.0f}")
+                    bar.update(1)
+            if (epoch + 1) % evaluate_every == 0 or epoch + 1 == epochs:
+                _evaluate(model, dataset, validation, samples, epoch + 1, name, better, result, log, log_file)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file is not None:
+            log_file.close()
+        set_dl_model_param(model, "learning_rate", learning_rate(0.0))
+    if out is not None:
+        plot_training(out / "log.csv", out / "training.png", name)
+    return result
+
+
+def _evaluate(model: DLModel, dataset: dict[str, Any], validation: list[int], samples: _Samples, epoch: int,
+              name: str, better: Callable[[float, float], bool], result: TrainResult, log: Any, log_file: Any) -> None:
+    """Evaluate, log, and keep the model if it is the best so far."""
+    measures = evaluate_dl_model(model, dataset, samples=samples.get(validation))
+    value = float(measures[name])
+    result.history.append({"epoch": epoch, "step": result.steps, name: value})
+    if log is not None:
+        log.writerow([epoch, result.steps, "", "", "", f"{value:.6f}"])
+        log_file.flush()
+    if result.best_measure is None or better(value, result.best_measure):
+        result.best_measure, result.best_epoch = value, epoch
+        if result.output_dir is not None:
+            write_dl_model(model, result.output_dir / "best_model.onnx")
+
+
+def plot_training(log_path: Path, image_path: Path, measure: str) -> bool:
+    """Plot the loss per step and the validation measure from a training log into a PNG.
+
+    Returns False (and plots nothing) when matplotlib is not installed (extra ``plot``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("onnx_dl: matplotlib is not installed (pip install 'onnx_dl[plot]'); no plot written")
+        return False
+    with open(log_path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    losses = [(int(r["step"]), float(r["total_loss"])) for r in rows if r["total_loss"]]
+    measures = [(int(r["step"]), float(r["validation_measure"])) for r in rows if r["validation_measure"]]
+    figure, loss_axis = plt.subplots(figsize=(8, 4.5))
+    if losses:
+        loss_axis.plot(*zip(*losses), color="tab:blue", linewidth=0.8, label="total loss")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("total loss", color="tab:blue")
+    measure_axis = loss_axis.twinx()
+    if measures:
+        measure_axis.plot(*zip(*measures), "o-", color="tab:orange", label=f"validation {measure}")
+    measure_axis.set_ylabel(f"validation {measure}", color="tab:orange")
+    figure.tight_layout()
+    figure.savefig(image_path, dpi=100)
+    plt.close(figure)
+    return True
