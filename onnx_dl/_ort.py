@@ -83,8 +83,13 @@ def require_device(runtime: str) -> None:
         raise DLRuntimeError(f"CUDA is not available to ONNX Runtime; {CUDA_HINT}")
 
 
-def session_options(threads: int, deterministic: bool, optimize: bool = True) -> Any:
-    """SessionOptions with the thread count and determinism of :mod:`onnx_dl.system`."""
+def session_options(threads: int, deterministic: bool, optimize: bool = True, spinning: bool = True) -> Any:
+    """SessionOptions with the thread count and determinism of :mod:`onnx_dl.system`.
+
+    ``spinning`` False makes the session's idle threads sleep at once instead of busy-waiting for
+    more work: for a short session run between runs of another one (the solver update between
+    training steps), whose spinning threads would otherwise take cores from the next training step.
+    """
     rt = ort()
     options = rt.SessionOptions()
     options.log_severity_level = QUIET
@@ -94,6 +99,8 @@ def session_options(threads: int, deterministic: bool, optimize: bool = True) ->
     options.use_deterministic_compute = deterministic
     if not optimize:
         options.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

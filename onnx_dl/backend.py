@@ -1,8 +1,8 @@
 """Forward and backward passes on ONNX Runtime training (the only user of its training API).
 
 A :class:`TrainingSession` generates the training artifacts of a :class:`TrainingGraph` in a
-temporary folder, adds two kinds of outputs to the generated graph and loads it into an
-``api.Module``:
+temporary folder, replaces slow kernels of the generated graph by equivalent faster ones
+(:mod:`onnx_dl.fast_gradients`), adds two kinds of outputs and loads it into an ``api.Module``:
 
 - the batch mean and inverse standard deviation of every batch-norm layer, so the running
   statistics can be updated on the host after a step has succeeded (the engine's own update is
@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import _ort
+from . import _ort, fast_gradients
+from . import graph as g
 from .errors import DLRuntimeError
 from .onnx_builder import GraphBuilder
 from .training_graph import TrainingGraph
@@ -68,6 +69,7 @@ class TrainingSession:
                     artifact_directory=folder,
                 )
                 training = onnx.load(os.path.join(folder, "training_model.onnx"))
+                self.rewrites = fast_gradients.rewrite(training, g.tensor_shapes(tg.model))
                 self.bn_outputs = _expose_outputs(training, tg)
                 onnx.save(training, os.path.join(folder, "training_model.onnx"))
                 self.state = engine.api.CheckpointState.load_checkpoint(os.path.join(folder, "checkpoint"))

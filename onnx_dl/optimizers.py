@@ -94,7 +94,7 @@ class Solver:
         params = [session.parameter(n) for n in names]
         shapes = [list(p.shape()) for p in params]
         model, slots = update_graph(kind, shapes)
-        options = _ort.session_options(threads, deterministic, optimize=False)
+        options = _ort.session_options(threads, deterministic, optimize=False, spinning=False)
         self._session = rt.InferenceSession(model.SerializeToString(), options,
                                             providers=_ort.providers(runtime, deterministic))
         device = "cuda" if runtime == "gpu" else "cpu"
