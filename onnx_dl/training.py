@@ -67,7 +67,8 @@ class _Samples:
     """Preprocessed samples of dataset entries, read once and kept in memory."""
 
     def __init__(self, dataset: dict[str, Any], model: DLModel) -> None:
-        self.dataset, self.model, self.cache = dataset, model, {}
+        self.dataset, self.model = dataset, model
+        self.cache: dict[int, dict[str, Any]] = {}
 
     def get(self, indices: list[int]) -> list[dict[str, Any]]:
         from .preprocess import preprocess_dl_samples
@@ -141,7 +142,7 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
                 loss = train_dl_model_batch(model, batch_samples)["total_loss"]
                 speed = batch / (time.perf_counter() - start)
                 result.steps += 1
-                if log is not None:
+                if log is not None and log_file is not None:
                     log.writerow([epoch + 1, result.steps, f"{lr:.6g}", f"{loss:.6f}", f"{speed:.1f}", ""])
                     log_file.flush()
                 if bar is not None:
