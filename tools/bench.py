@@ -525,8 +525,9 @@ def table(rows: list[dict[str, Any]], mode: str, session_config: dict[str, str],
     when = time.strftime("%Y-%m-%d %H:%M")
     versions_text = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
     check = (f"Machine check, 1 -> {threads['onnx_dl']} threads, before / after the run: {checks[0]}; {checks[1]} "
-             "(a quiet machine speeds both up; when other tenants load the host, the engine's ConvGrad, many short "
-             "parallel sections, slows down with more threads).")
+             "(the GEMM, coarse-grained, gains about 2x anywhere; the engine's ConvGrad, many short parallel sections, "
+             "gains about 1.3x when the host runs the two vCPUs on cores that share a cache and loses on distant cores: "
+             "see ConvGradProbe).")
     lines = [
         "# Training step: onnx_dl vs PyTorch eager", "",
         f"Machine: {machine()}. Python {platform.python_version()}; {versions_text}.",
