@@ -11,7 +11,7 @@ from . import graph as g
 from . import samples as sample_checks
 from . import training_graph
 from .errors import DLParamError
-from .params import class_weight_array
+from .params import class_weight_array, image_shape
 
 RESULT_KEYS = ("classification_class_ids", "classification_class_names", "classification_confidences")
 PROBABILITIES = "confidences"  # the output a written model ends in
@@ -30,7 +30,7 @@ def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str,
 
 def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
     """K of the network's class scores."""
-    dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
+    dims = [1, *image_shape(params)]
     return g.score_classes(network, dims, SCORE_RANK)
 
 
@@ -42,7 +42,7 @@ def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.Mo
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
                          trainable: list[str] | None = None) -> training_graph.TrainingGraph:
     """The training graph of a classifier at the model's image size."""
-    dims = (params["image_num_channels"], params["image_height"], params["image_width"])
+    dims = image_shape(params)
     return training_graph.classification(network, dims, len(params["class_ids"]), trainable)
 
 

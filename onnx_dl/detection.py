@@ -26,7 +26,7 @@ from . import samples as sample_checks
 from . import training_graph
 from .errors import DLModelFileError, DLParamError, DLSampleError
 from .onnx_builder import GraphBuilder
-from .params import class_weight_array
+from .params import class_weight_array, image_shape
 
 RESULT_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_class_id", "bbox_class_name",
                "bbox_confidence")
@@ -83,7 +83,7 @@ def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str,
 def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
     """K from the channels of the first class output (A*K) and the anchors per cell."""
     first = _outputs(network, params)[0]
-    dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
+    dims = [1, *image_shape(params)]
     shape = g.tensor_shapes(g.with_input_shape(network, dims)).get(first)
     anchors = num_anchors(params)
     if not shape or len(shape) != 4 or shape[1] is None or shape[1] % anchors:
@@ -107,7 +107,7 @@ def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.Mo
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
                          trainable: list[str] | None = None) -> training_graph.TrainingGraph:
     """The training graph of a detector at the model's image size."""
-    dims = (params["image_num_channels"], params["image_height"], params["image_width"])
+    dims = image_shape(params)
     logits, deltas = head_outputs(network, params)
     return training_graph.detection(network, dims, levels(params), logits, deltas, trainable)
 

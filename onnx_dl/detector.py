@@ -206,7 +206,7 @@ def _trunk(backbone: onnx.ModelProto, docking: list[str], params: dict[str, Any]
     model.graph.initializer.extend(kept)
     del model.graph.output[:]
     model.graph.name = "detector"
-    dims = ["N", params["image_num_channels"], params["image_height"], params["image_width"]]
+    dims = ["N", *P.image_shape(params)]
     return g.with_input_shape(model, dims)
 
 

@@ -209,7 +209,7 @@ def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool 
     Shape inference alone misses some mismatches (it skips Gemm's inner size); ``probe`` adds a
     forward pass of a zero image.
     """
-    dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
+    dims = [1, *P.image_shape(params)]
     try:
         shapes = g.tensor_shapes(g.with_input_shape(network, dims))
     except DLModelFileError as exc:

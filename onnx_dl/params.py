@@ -234,6 +234,11 @@ def defaults(model_type: str) -> dict[str, Any]:
     }
 
 
+def image_shape(params: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) of the network input: one image of the batch the graph takes."""
+    return params["image_num_channels"], params["image_height"], params["image_width"]
+
+
 def class_weight_array(params: dict[str, Any]) -> np.ndarray:
     """The class weights as float32 (unless set: 1.0 each, for a detector the focal alpha 0.25 each)."""
     weights = params.get("class_weights")

@@ -12,7 +12,7 @@ from . import samples as sample_checks
 from . import training_graph
 from .classification import PROBABILITIES
 from .errors import DLParamError, DLSampleError
-from .params import class_weight_array
+from .params import class_weight_array, image_shape
 
 RESULT_KEYS = ("segmentation_image", "segmentation_confidence")
 SCORE_RANK = 4  # (N, K, H, W)
@@ -30,7 +30,7 @@ def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str,
 
 def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
     """K of the network's class scores."""
-    dims = [1, params["image_num_channels"], params["image_height"], params["image_width"]]
+    dims = [1, *image_shape(params)]
     return g.score_classes(network, dims, SCORE_RANK)
 
 
@@ -42,7 +42,7 @@ def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.Mo
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
                          trainable: list[str] | None = None) -> training_graph.TrainingGraph:
     """The training graph of a segmentation network at the model's image size."""
-    dims = (params["image_num_channels"], params["image_height"], params["image_width"])
+    dims = image_shape(params)
     return training_graph.segmentation(network, dims, len(params["class_ids"]), trainable)
 
 
