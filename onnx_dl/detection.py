@@ -125,9 +125,9 @@ def _coordinates(sample: dict[str, Any], index: int, key: str) -> np.ndarray:
     return values.reshape(-1)
 
 
-def _sample_boxes(sample: dict[str, Any], index: int, params: dict[str, Any],
-                  position: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes (G, 4) float64, class indices (G,)) of one sample, validated."""
+def checked_boxes(sample: dict[str, Any], index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (G, 4) float64, labels (G,)) of one sample: 1-D arrays of equal lengths, finite
+    coordinates, row2 > row1 and col2 > col1 (where the boxes lie is not checked here)."""
     columns = {key: _coordinates(sample, index, key) for key in (*BOX_KEYS, LABEL_KEY)}
     lengths = {key: len(value) for key, value in columns.items()}
     if len(set(lengths.values())) > 1:
@@ -145,6 +145,13 @@ def _sample_boxes(sample: dict[str, Any], index: int, params: dict[str, Any],
             raise DLSampleError(f"sample {index}, key {BOX_KEYS[second]!r}: expected a value greater than "
                                 f"{BOX_KEYS[first]} (a box of positive size), got {BOX_KEYS[first]} "
                                 f"{boxes[bad[0], first]} and {BOX_KEYS[second]} {boxes[bad[0], second]} (box {bad[0]})")
+    return boxes, columns[LABEL_KEY]
+
+
+def _sample_boxes(sample: dict[str, Any], index: int, params: dict[str, Any],
+                  position: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (G, 4) float64, class indices (G,)) of one sample, validated."""
+    boxes, labels = checked_boxes(sample, index)
     limits = (params["image_height"], params["image_width"], params["image_height"], params["image_width"])
     for column, (key, size) in enumerate(zip(BOX_KEYS, limits)):
         values = boxes[:, column]
@@ -152,7 +159,7 @@ def _sample_boxes(sample: dict[str, Any], index: int, params: dict[str, Any],
         if len(bad):
             raise DLSampleError(f"sample {index}, key {key!r}: expected coordinates inside the image, -0.5 .. "
                                 f"{size - 0.5} (pixel centres 0 .. {size - 1}), got {values[bad[0]]} (box {bad[0]})")
-    return boxes, _label_indices(columns[LABEL_KEY], index, position, params["class_ids"])
+    return boxes, _label_indices(labels, index, position, params["class_ids"])
 
 
 def _label_indices(labels: np.ndarray, index: int, position: dict[int, int], class_ids: list[int]) -> np.ndarray:

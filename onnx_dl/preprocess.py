@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .detection import BOX_KEYS, LABEL_KEY
+from .detection import BOX_KEYS, LABEL_KEY, checked_boxes
 from .errors import DLSampleError
 from .samples import check_sample_list
 
@@ -92,24 +92,6 @@ def _has_boxes(sample: dict[str, Any]) -> bool:
     return LABEL_KEY in sample or any(k in sample for k in BOX_KEYS)
 
 
-def _raw_boxes(sample: dict[str, Any], index: int) -> np.ndarray:
-    """The sample's boxes, checked: every box key present, equal lengths, finite, positive area."""
-    missing = [k for k in (*BOX_KEYS, LABEL_KEY) if k not in sample]
-    if missing:
-        raise DLSampleError(f"sample {index} (image_id {sample.get('image_id')}): missing box keys {missing}")
-    lengths = {k: np.asarray(sample[k]).size for k in (*BOX_KEYS, LABEL_KEY)}
-    if len(set(lengths.values())) != 1:
-        raise DLSampleError(f"sample {index} (image_id {sample.get('image_id')}): expected box arrays of one "
-                            f"length, got lengths {lengths}")
-    boxes = _boxes(sample)
-    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-    if bad.any():
-        box = int(np.argmax(bad))
-        raise DLSampleError(f"sample {index} (image_id {sample.get('image_id')}), box {box}: expected finite "
-                            f"coordinates with row2 > row1 and col2 > col1, got {boxes[box].tolist()}")
-    return boxes
-
-
 def _image(sample: dict[str, Any], index: int, channels: int) -> np.ndarray:
     """The raw image as float32 (H, W, channels): 1 and 3 channels convert into each other."""
     if "image" not in sample:
@@ -170,7 +152,7 @@ def preprocess_dl_samples(samples: Sequence[dict[str, Any]], params: dict[str, A
     ``image_range_min..image_range_max`` (see :func:`normalize`; raw values 0..``input_range``).
     Boxes follow the resize (x' = (x + 0.5) * new / old - 0.5; boxes left without area are
     dropped); ``segmentation_image`` and ``weight_image`` are resized by nearest neighbour and must
-    have the raw image's size. A raw box without area is an error naming the image.
+    have the raw image's size. Raw boxes are checked as ``detection.checked_boxes`` does.
     """
     samples = check_sample_list(samples, "preprocess_dl_samples")
     height, width = int(params["image_height"]), int(params["image_width"])
@@ -193,7 +175,7 @@ def preprocess_dl_samples(samples: Sequence[dict[str, Any]], params: dict[str, A
                                     f"the raw image's size {size}, got shape {plane.shape}")
             done[key] = resize_nearest(plane, height, width)
         if _has_boxes(sample):
-            boxes = scale_boxes(_raw_boxes(sample, index), size, (height, width))
+            boxes = scale_boxes(checked_boxes(sample, index)[0], size, (height, width))
             _set_boxes(done, boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         result.append(done)
     return result

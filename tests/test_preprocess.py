@@ -134,7 +134,7 @@ def test_preprocess_errors_name_sample_key_and_image() -> None:
         P.preprocess_dl_samples([{"image": np.zeros((4, 4, 2))}], _params(4, 4))
     sample = _rectangles_sample()
     sample["bbox_row2"] = sample["bbox_row1"].copy()
-    with pytest.raises(DLSampleError, match=r"sample 0 \(image_id 7\), box 0: .*row2 > row1"):
+    with pytest.raises(DLSampleError, match=r"sample 0, key 'bbox_row2': expected a value greater than bbox_row1"):
         P.preprocess_dl_samples([sample], _params(20, 20))
     sample = _rectangles_sample()
     sample["segmentation_image"] = sample["segmentation_image"][:10]
@@ -142,7 +142,7 @@ def test_preprocess_errors_name_sample_key_and_image() -> None:
         P.preprocess_dl_samples([sample], _params(20, 20))
     sample = _rectangles_sample()
     sample["bbox_label_id"] = np.array([1])
-    with pytest.raises(DLSampleError, match="one length"):
+    with pytest.raises(DLSampleError, match="sample 0, key 'bbox_label_id': expected one value per box"):
         P.preprocess_dl_samples([sample], _params(20, 20))
 
 
