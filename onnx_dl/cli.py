@@ -89,25 +89,13 @@ def train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def evaluate(args: argparse.Namespace) -> int:
     """Print the measures of a model on a dataset split as JSON."""
     model = read_dl_model(args.model, type=args.type)
     dataset = ds.read_dl_dataset(args.dataset)
     if not ds.split_indices(dataset, args.split):
         ds.split_dl_dataset(dataset, 70, 15, 42)
-    print(json.dumps(_jsonable(evaluate_dl_model(model, dataset, args.split)), indent=1))
+    print(json.dumps(ds.jsonable(evaluate_dl_model(model, dataset, args.split)), indent=1))
     return 0
 
 

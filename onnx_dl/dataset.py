@@ -235,15 +235,20 @@ def write_dl_dataset(dataset: dict[str, Any], path: str | os.PathLike[str]) -> N
                 content[key] = str(folder.relative_to(target.parent.resolve()))
             except ValueError:
                 content[key] = str(folder)
-    content["samples"] = [{k: _plain(v) for k, v in s.items()} for s in dataset["samples"]]
-    write_atomically(target, json.dumps(content, indent=1).encode("utf-8"))
+    write_atomically(target, json.dumps(jsonable(content), indent=1).encode("utf-8"))
 
 
-def _plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy arrays and scalars turned into lists and Python numbers, in any nesting
+    of dicts (keys become strings), lists and tuples."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
     return value
 
 
