@@ -64,8 +64,11 @@ def samples(x: np.ndarray, labels: list[int]) -> list[dict[str, Any]]:
 
 
 def torch_train_loss(net: Any, x: np.ndarray, labels: list[int]) -> float:
-    """Cross-entropy of ``net`` in train() mode (batch statistics) on images ``x`` (N, H, W, 3)."""
+    """Cross-entropy of ``net`` in train() mode (batch statistics), dropout off, on images ``x`` (N, H, W, 3)."""
     net.train()
+    for module in net.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
     try:
         with torch.no_grad():
             logits = net(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
