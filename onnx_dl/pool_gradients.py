@@ -36,8 +36,19 @@ from .errors import DLModelFileError
 from .onnx_builder import GraphBuilder
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    """The ints of attribute ``name`` of ``node`` (``default`` when absent)."""
+    found = next((a for a in node.attribute if a.name == name), None)
+    return [int(v) for v in found.ints] if found is not None else default
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    found = next((a for a in node.attribute if a.name == name), None)
+    return int(found.i) if found is not None else default
+
+
+def _known(dims: list[int | None]) -> list[int]:
+    return [int(d) for d in dims if d is not None]
 
 
 def _axis_divisors(size: int, kernel: int, stride: int, begin: int, out: int, include_pad: bool) -> np.ndarray:
@@ -55,21 +66,21 @@ def _refuse(node: onnx.NodeProto, why: str) -> DLModelFileError:
 def _as_convolution(b: GraphBuilder, node: onnx.NodeProto, in_shape: list[int | None],
                     out_shape: list[int | None]) -> list[onnx.NodeProto]:
     """Nodes computing AveragePool ``node`` as a depthwise convolution times the divisor map."""
-    a = _attributes(node)
-    kernel = list(a["kernel_shape"])  # type: ignore[call-overload]
+    kernel = _ints(node, "kernel_shape", [])
     rank = len(kernel)
     if len(in_shape) != rank + 2 or None in in_shape[1:] or len(out_shape) != rank + 2 or None in out_shape[2:]:
         raise _refuse(node, f"its input shape {in_shape} / output shape {out_shape} are not known "
                             "at the training image size")
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise _refuse(node, f"auto_pad {a['auto_pad']!r} is not supported; export with explicit pads")
-    if any(d != 1 for d in a.get("dilations", [1] * rank)):  # type: ignore[attr-defined]
-        raise _refuse(node, f"dilations {a['dilations']} are not supported")
-    strides = list(a.get("strides", [1] * rank))  # type: ignore[call-overload]
-    pads = list(a.get("pads", [0] * (2 * rank)))  # type: ignore[call-overload]
-    sizes, outs = [int(d) for d in in_shape[2:]], [int(d) for d in out_shape[2:]]  # type: ignore[arg-type]
-    channels = int(in_shape[1])  # type: ignore[arg-type]
-    include_pad = bool(a.get("count_include_pad", 0))
+    auto_pad = next((a.s for a in node.attribute if a.name == "auto_pad"), b"NOTSET")
+    if auto_pad != b"NOTSET":
+        raise _refuse(node, f"auto_pad {auto_pad.decode()} is not supported; export with explicit pads")
+    if any(d != 1 for d in _ints(node, "dilations", [1] * rank)):
+        raise _refuse(node, f"dilations {_ints(node, 'dilations', [])} are not supported")
+    strides = _ints(node, "strides", [1] * rank)
+    pads = _ints(node, "pads", [0] * (2 * rank))
+    channels, *sizes = _known(in_shape[1:])
+    outs = _known(out_shape[2:])
+    include_pad = bool(_int(node, "count_include_pad", 0))
     divisors = np.ones([1, 1], np.float64)
     conv_end = []
     for axis in range(rank):

@@ -52,14 +52,14 @@ def test_squeezenet_conv_relu_pool_head(tmp_path, recipe):
     torch.manual_seed(0)
     net = torchvision.models.squeezenet1_1(weights=None, num_classes=10)
     path = export(net, tmp_path / "squeezenet.onnx", 64, recipe)
-    model = sgd_model(path, 2, learning_rate=0.003)
+    model = sgd_model(path, 2, learning_rate=0.001)
     dl.set_dl_model_param(model, "class_ids", NEW_CLASSES)
     weight, bias = _new_layer(model, "classifier.1.weight")
     assert weight.shape == (3, 512, 1, 1) and bias.shape == (3,) and not bias.any()
     assert 0.005 < weight.std() < 0.015  # Normal(0, 0.01), as for any new classifier
     net.classifier[1] = nn.Conv2d(512, 3, 1)
     _install(net.classifier[1], weight, bias)
-    _check(tmp_path, model, net.eval(), images(2, 64), [0, 2], factor=0.98)
+    _check(tmp_path, model, net.eval(), images(2, 64), [0, 2], factor=0.99)
 
 
 def test_mobilenet_v2_dropout_linear_head(tmp_path):
