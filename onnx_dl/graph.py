@@ -302,8 +302,8 @@ def _head_path(model: onnx.ModelProto, logits: str) -> tuple[onnx.NodeProto, lis
     while node is not None and _keeps_classes(model, node):
         path.append(node)
         node = made_by.get(node.input[0])
-    if node is not None and node.op_type == "Add":
-        operands = [made_by.get(name) for name in node.input]
+    if node is not None and node.op_type == "Add" and any(name in initializers(model) for name in node.input):
+        operands = [made_by.get(name) for name in node.input]  # a layer's bias added after it
         node = next((n for n in operands if n is not None and n.op_type in _HEAD_LAYERS), node)
     if node is None or node.op_type not in _HEAD_LAYERS:
         found = "nothing" if node is None else f"{node.op_type} {node.name!r}"
