@@ -1,6 +1,7 @@
 """Forward and backward passes on ONNX Runtime training (the only user of its training API).
 
-A :class:`TrainingSession` generates the training artifacts of a :class:`TrainingGraph` in a
+A :class:`TrainingSession` generates the training artifacts of a :class:`TrainingGraph` (its
+average pools first rewritten as convolutions: :mod:`onnx_dl.pool_gradients`) in a
 temporary folder, replaces slow kernels of the generated graph by equivalent faster ones
 (:mod:`onnx_dl.fast_gradients`), adds two kinds of outputs and loads it into an ``api.Module``:
 
@@ -22,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import _ort, fast_gradients
+from . import _ort, fast_gradients, pool_gradients
 from . import graph as g
 from .errors import DLRuntimeError
 from .onnx_builder import GraphBuilder
@@ -63,9 +64,12 @@ class TrainingSession:
         self.device = "cuda" if runtime == "gpu" else "cpu"
         options = _ort.session_options(threads, deterministic)
         with tempfile.TemporaryDirectory(prefix="onnx_dl_") as folder:
+            forward = onnx.ModelProto()
+            forward.CopyFrom(tg.model)
+            pool_gradients.rewrite(forward, g.tensor_shapes(forward))
             try:
                 engine.artifacts.generate_artifacts(
-                    tg.model, requires_grad=tg.trainable, frozen_params=[], loss=None, optimizer=None,
+                    forward, requires_grad=tg.trainable, frozen_params=[], loss=None, optimizer=None,
                     artifact_directory=folder,
                 )
                 training = onnx.load(os.path.join(folder, "training_model.onnx"))

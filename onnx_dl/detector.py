@@ -144,12 +144,21 @@ def _level(shape: list[int | None] | None, height: int, width: int) -> int | Non
 
 def _feature_maps(network: onnx.ModelProto) -> list[str]:
     """Tensors the classifier's scores are computed from that precede its classification part, in
-    topological order."""
+    topological order.
+
+    A node belongs to the classification part when it pools globally (or flattens, or is a dense
+    layer), or when every tensor it reads, constants aside, comes from the classification part.
+    A node that also reads a feature map does not: the channel gate of a squeeze-and-excitation
+    block (efficientnet, mobilenet_v3: x * gate(GlobalAveragePool(x))) yields a feature map.
+    """
     needed = foreign._ancestors(network, g.logits_output(network)[0])
+    constants = set(g.initializers(network)) | {out for node in network.graph.node if node.op_type == "Constant"
+                                                for out in node.output}
     after_pooling: set[str] = set()
     found = []
     for node in network.graph.node:
-        if node.op_type in _CLASSIFIER_OPS or any(name in after_pooling for name in node.input):
+        read = [name for name in node.input if name and name not in constants]
+        if node.op_type in _CLASSIFIER_OPS or (read and all(name in after_pooling for name in read)):
             after_pooling.update(node.output)
             continue
         found += [name for name in node.output if name in needed]
