@@ -125,36 +125,50 @@ def score_classes(network: onnx.ModelProto, dims: list[int], rank: int) -> int:
     return shape[1]
 
 
+# Operators that only lay a tensor out anew: a weight read through them is still that weight
+# (TorchScript exports nn.Linear on a (N, H, W, C) tensor as MatMul(x, Transpose(weight))).
+_LAYOUT_ONLY = ("Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _initializer_behind(name: str, made_by: dict[str, onnx.NodeProto],
+                        inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    """The initializer that tensor ``name`` is, or is a re-layout of (through ``_LAYOUT_ONLY`` nodes)."""
+    while name not in inits:
+        node = made_by.get(name)
+        if node is None or node.op_type not in _LAYOUT_ONLY or not node.input:
+            return None
+        name = node.input[0]
+    return inits[name]
+
+
+def _initializers_at(model: onnx.ModelProto, positions: dict[str, tuple[int, ...]]) -> list[onnx.TensorProto]:
+    """The initializers read (directly or through a re-layout) at ``positions`` of each operator."""
+    inits, made_by = initializers(model), producers(model)
+    found: dict[str, onnx.TensorProto] = {}
+    for node in model.graph.node:
+        for pos in positions.get(node.op_type, ()):
+            if pos < len(node.input) and node.input[pos]:
+                init = _initializer_behind(node.input[pos], made_by, inits)
+                if init is not None and not (node.op_type in _ELEMENTWISE and int(np.prod(init.dims)) <= 1):
+                    found.setdefault(init.name, init)
+    return list(found.values())
+
+
 def weight_names(model: onnx.ModelProto) -> list[str]:
-    """Float initializers that are trained: in a weight position of a known operator.
+    """Float initializers that are trained: in a weight position of a known operator, directly or
+    through nodes that only lay them out anew (Transpose, Reshape, ...).
 
     Elementwise operands count only when they have more than one element, so scale constants
     (for instance an input normalisation) stay fixed.
     """
-    inits = initializers(model)
-    found: dict[str, None] = {}
-    for node in model.graph.node:
-        for pos in _WEIGHT_INPUTS.get(node.op_type, ()):
-            if pos >= len(node.input) or node.input[pos] not in inits:
-                continue
-            init = inits[node.input[pos]]
-            if init.data_type != TensorProto.FLOAT:
-                continue
-            if node.op_type in _ELEMENTWISE and int(np.prod(init.dims)) <= 1:
-                continue
-            found[init.name] = None
-    return list(found)
+    return [init.name for init in _initializers_at(model, _WEIGHT_INPUTS) if init.data_type == TensorProto.FLOAT]
 
 
 def bias_names(model: onnx.ModelProto) -> set[str]:
     """Initializers used as biases (added): the weight prior leaves them out."""
-    inits = initializers(model)
-    return {
-        node.input[pos]
-        for node in model.graph.node
-        for pos in _BIAS_INPUTS.get(node.op_type, ())
-        if pos < len(node.input) and node.input[pos] in inits
-    }
+    biases = _initializers_at(model, _BIAS_INPUTS)
+    # an elementwise scalar is no bias, but the weight prior never sees it either (it is no weight)
+    return {init.name for init in biases}
 
 
 def batchnorm_stats(model: onnx.ModelProto) -> list[BatchNormStats]:

@@ -325,3 +325,25 @@ def _engine_trains(op_type: str) -> bool:
 def test_gradient_table_matches_the_engine(op_type: str) -> None:
     """The measured operator table agrees with the engine on unary operators in and out of it."""
     assert _engine_trains(op_type) == (op_type in GRADIENT_OPS)
+
+
+def test_weight_read_through_a_transpose_is_trained(tmp_path: Path) -> None:
+    # TorchScript exports nn.Linear on a channels-last tensor as MatMul(x, Transpose(weight)) (convnext)
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(0, 0.1, (3, 3 * SIZE * SIZE)).astype(np.float32), np.zeros(3, np.float32)
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
+             helper.make_node("Transpose", ["fc.weight"], ["fc.weight_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["flat", "fc.weight_t"], ["mm"]),
+             helper.make_node("Add", ["mm", "fc.bias"], ["logits"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                          ["N", 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(weight, "fc.weight"), numpy_helper.from_array(bias, "fc.bias")])
+    network = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    network.ir_version = 8
+    model = _read(tmp_path, network)
+    assert dl.get_dl_model_param(model, "num_trainable_params") == weight.size + bias.size
+    dl.set_dl_model_param(model, "batch_size", 4)
+    dl.set_dl_model_param(model, "weight_prior", 0.01)
+    dl.train_dl_model_batch(model, _samples(4, [0, 1, 2]))
+    assert not np.array_equal(_initializers(model)["fc.weight"], weight)
