@@ -9,10 +9,11 @@ the model and run the written file in plain onnxruntime against ``apply_dl_model
 promises, and ``tools/zoo_matrix.py`` prints the whole matrix with step-time ratios.
 
 Networks are randomly initialised (no download), small images, batch 2. BatchNorm parameters and
-running statistics, and biases that PyTorch initialises to zero, are randomised before export, as
-pretrained weights would be: with PyTorch's initial values every batch norm looks the same (which hides
-wrong wiring) and the dynamo exporter drops all-zero biases. The TorchScript exporter still shares
-equal tensors through ``Identity`` nodes (the ``eval_nofold`` recipe shows it).
+running statistics, and biases that PyTorch initialises to zero, are randomised before export, and every
+other parameter is scaled by 1 + 5 % noise, as pretrained weights would be: with PyTorch's initial values
+every batch norm looks the same (which hides wrong wiring), the dynamo exporter drops all-zero biases, and
+both exporters merge parameters of equal value. The ``eval_nofold`` recipe keeps PyTorch's initial values,
+so that it meets the TorchScript exporter's merging of equal tensors through ``Identity`` nodes at scale.
 """
 
 from __future__ import annotations
@@ -94,17 +95,21 @@ NETWORKS: dict[str, Network] = {
 }
 
 
-def network(name: str, seed: int = 0) -> nn.Module:
-    """``name`` built with seed ``seed``: dropout and stochastic depth off, batch-norm tensors randomised."""
+def network(name: str, seed: int = 0, pretrained_like: bool = True) -> nn.Module:
+    """``name`` built with seed ``seed``, dropout and stochastic depth off; ``pretrained_like``: its tensors
+    randomised as in the module docstring, else PyTorch's initial values."""
     torch.manual_seed(seed)
     net = NETWORKS[name].build()
     generator = torch.Generator().manual_seed(seed + 1)
+    for module in net.modules():
+        if isinstance(module, nn.Dropout) or type(module).__name__ == "StochasticDepth":
+            module.p = 0.0
+    if not pretrained_like:
+        return net
     with torch.no_grad():
+        for parameter in net.parameters():  # no two tensors equal, as in pretrained weights
+            parameter.mul_(1.0 + 0.05 * torch.randn(parameter.shape, generator=generator))
         for module in net.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
-            elif type(module).__name__ == "StochasticDepth":
-                module.p = 0.0
             if getattr(module, "bias", None) is not None and isinstance(module.bias, torch.Tensor) \
                     and not module.bias.any():  # pretrained biases are not zero (the dynamo exporter drops zero ones)
                 module.bias.copy_(0.01 * torch.randn(module.bias.shape, generator=generator))
@@ -226,13 +231,14 @@ def run_case(name: str, recipe: str, folder: Path, steps: int = 5, lr: float = 0
     each engine (interleaved, after the measured ones)."""
     spec = NETWORKS[name]
     result = CaseResult(name, recipe)
-    net = network(name)
+    pretrained_like = recipe != "eval_nofold"
+    net = network(name, pretrained_like=pretrained_like)
     result.params_torch = sum(p.numel() for p in net.parameters())
     path = folder / f"{name}_{recipe}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         RECIPES[recipe][0](net, path, spec.size)
-    net = network(name)  # the exporter may have run the module: a fresh copy for the reference
+    net = network(name, pretrained_like=pretrained_like)  # the exporter may have run the module: a fresh copy for the reference
     batch, images, labels = samples(name)
     result.stage = "read"
     try:
