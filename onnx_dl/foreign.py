@@ -4,6 +4,8 @@ here and the checks that refuse what the engine cannot train.
 ``prepare(network)`` is applied to every network a model handle takes. It
 
 - runs the ONNX checker;
+- puts the graph in canonical form (:mod:`onnx_dl.canonical`): every parameter the exporter
+  shared through ``Identity`` or with a batch norm's running statistics gets its own initializer;
 - turns an NHWC image input followed by ``Transpose(perm=[0, 3, 1, 2])`` (the tf2onnx pattern)
   into an NCHW input: the library feeds NCHW everywhere, and written models take NCHW;
 - writes Dropout and BatchNormalization in inference form (no ``training_mode``, no extra
@@ -19,6 +21,7 @@ import copy
 import onnx
 from onnx import TensorProto
 
+from . import canonical
 from . import graph as g
 from .errors import DLModelFileError
 
@@ -44,6 +47,7 @@ def prepare(network: onnx.ModelProto) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         raise DLModelFileError(f"the ONNX checker refuses the network: {str(exc).splitlines()[0]}") from exc
     model = copy.deepcopy(network)
+    canonical.canonical_form(model)
     _nchw_input(model)
     _inference_mode(model)
     check_trainable(model)
