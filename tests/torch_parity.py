@@ -47,6 +47,15 @@ def export(module: torch.nn.Module, path: Path, recipe: str, size: int, batch: i
     return path
 
 
+def without_dropout(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose Dropout layers drop nothing (p = 0): exported, they train as the identity."""
+    net = copy.deepcopy(module)
+    for layer in net.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+    return net
+
+
 def torch_reference(module: torch.nn.Module) -> torch.nn.Module:
     """A copy in training mode with Dropout off."""
     net = copy.deepcopy(module).train()
@@ -109,13 +118,14 @@ def _update_errors(model: dl.DLModel, net: torch.nn.Module, start: dict[str, np.
     PyTorch agrees with float32 PyTorch to 1e-5), which this module does not try to explain.
     """
     inits = {i.name: numpy_helper.to_array(i) for i in model.network().graph.initializer}
-    errors = {}
-    for name, value in net.named_parameters():
-        assert name in inits, f"parameter {name} is not an initializer of the read network"
-        expected = -LEARNING_RATE * value.grad.numpy()
-        scale = np.linalg.norm(expected)
-        if scale > 0:
-            errors[name] = float(np.linalg.norm(inits[name] - start[name] - expected) / scale)
+    expected = {name: -LEARNING_RATE * value.grad.numpy() for name, value in net.named_parameters()}
+    missing = sorted(set(expected) - set(inits))
+    assert not missing, f"parameters that are not initializers of the read network: {missing[:5]}"
+    # a gradient that is 0 in exact arithmetic (a BN bias followed by another BN) is float noise on
+    # both sides: measure against at least 1e-3 of the largest update
+    floor = 1e-3 * max(np.linalg.norm(update) for update in expected.values())
+    errors = {name: float(np.linalg.norm(inits[name] - start[name] - update) / max(np.linalg.norm(update), floor))
+              for name, update in expected.items()}
     worst = max(errors, key=errors.get)
     assert errors[worst] < 0.1, f"{worst}: update off by {errors[worst]:.3f} of its size"
     return errors
@@ -129,7 +139,9 @@ def _assert_running_stats(model: dl.DLModel, net: torch.nn.Module) -> None:
     assert not missing, f"running statistics not in the read network: {missing[:5]}"
     for name, value in expected.items():
         # float32 sums over deep layers: small means differ by ~1e-4 of the layer's largest statistic
-        np.testing.assert_allclose(inits[name], value, rtol=1e-4, atol=1e-4 * np.abs(value).max(), err_msg=name)
+        # (or by float32 rounding of unit-scale activations where the mean is 0 in exact arithmetic)
+        np.testing.assert_allclose(inits[name], value, rtol=1e-4, atol=1e-4 * np.abs(value).max() + 1e-6,
+                                   err_msg=name)
 
 
 def _assert_written_equals_apply(model: dl.DLModel, path: Path, data: list[dict[str, Any]],
