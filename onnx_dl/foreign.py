@@ -8,6 +8,7 @@ here and the checks that refuse what the engine cannot train.
   shared through ``Identity`` or with a batch norm's running statistics gets its own initializer;
 - turns an NHWC image input followed by ``Transpose(perm=[0, 3, 1, 2])`` (the tf2onnx pattern)
   into an NCHW input: the library feeds NCHW everywhere, and written models take NCHW;
+- frees a batch axis the exporter only baked in (:mod:`onnx_dl.batch_axis`);
 - writes Dropout and BatchNormalization in inference form (no ``training_mode``, no extra
   outputs), whatever mode the exporter wrote; the training graph switches them on itself;
 - refuses graphs with a node on the way from a trained weight to the scores whose operator has
@@ -21,7 +22,7 @@ import copy
 import onnx
 from onnx import TensorProto
 
-from . import canonical
+from . import batch_axis, canonical
 from . import graph as g
 from .errors import DLModelFileError
 
@@ -50,6 +51,7 @@ def prepare(network: onnx.ModelProto) -> onnx.ModelProto:
     canonical.canonical_form(model)
     _nchw_input(model)
     _inference_mode(model)
+    batch_axis.free_batch(model)
     check_trainable(model)
     return model
 
