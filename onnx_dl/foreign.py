@@ -4,6 +4,7 @@ here and the checks that refuse what the engine cannot train.
 ``prepare(network)`` is applied to every network a model handle takes. It
 
 - runs the ONNX checker;
+- warns when the exporter folded batch norms into convolutions (:mod:`onnx_dl.folded_batchnorm`);
 - puts the graph in canonical form (:mod:`onnx_dl.canonical`): every parameter the exporter
   shared through ``Identity`` or with a batch norm's running statistics gets its own initializer;
 - turns an NHWC image input followed by ``Transpose(perm=[0, 3, 1, 2])`` (the tf2onnx pattern)
@@ -22,7 +23,7 @@ import copy
 import onnx
 from onnx import TensorProto
 
-from . import batch_axis, canonical
+from . import batch_axis, canonical, folded_batchnorm
 from . import graph as g
 from .errors import DLModelFileError
 
@@ -47,6 +48,7 @@ def prepare(network: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(network)
     except onnx.checker.ValidationError as exc:
         raise DLModelFileError(f"the ONNX checker refuses the network: {str(exc).splitlines()[0]}") from exc
+    folded_batchnorm.warn_if_folded(network)
     model = copy.deepcopy(network)
     canonical.canonical_form(model)
     _nchw_input(model)

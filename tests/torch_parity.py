@@ -31,7 +31,8 @@ def export(module: torch.nn.Module, path: Path, recipe: str, size: int, batch: i
 
     ``training``: :func:`onnx_dl.export_torch`. ``eval_nofold``: TorchScript exporter from eval()
     with ``training=PRESERVE`` and no constant folding (BN kept, equal initializers shared through
-    Identity). ``eval_fold``: the same with constant folding (BN folded into the convolutions).
+    Identity). ``eval_fold``: the exporter's defaults (``TrainingMode.EVAL``, constant folding: BN
+    folded into the convolutions).
     ``dynamo_static``: the dynamo exporter without ``dynamic_shapes`` (batch ``batch`` baked in).
     """
     if recipe == "training":
@@ -41,8 +42,9 @@ def export(module: torch.nn.Module, path: Path, recipe: str, size: int, batch: i
     if recipe == "dynamo_static":
         torch.onnx.export(net, (example,), str(path), dynamo=True, input_names=["image"])
         return path
-    torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=17,
-                      do_constant_folding=recipe == "eval_fold", training=torch.onnx.TrainingMode.PRESERVE,
+    fold = recipe == "eval_fold"  # the exporter's defaults: eval mode, constant folding
+    torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=17, do_constant_folding=fold,
+                      training=torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.PRESERVE,
                       input_names=["image"], dynamic_axes={"image": {0: "N"}})
     return path
 
