@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,18 @@ def export_torch(module: Any, path: str | Path, image_size: int | tuple[int, int
                  opset: int = OPSET) -> Path:
     """Write ``module`` (a ``torch.nn.Module``) to ``path`` as an ONNX network that trains like the module.
 
-    The recipe: the TorchScript exporter with ``training=torch.onnx.TrainingMode.TRAINING`` and no
-    constant folding, which keeps every BatchNormalization with its running statistics (an export
-    from eval mode folds them into the convolutions, and the network then trains without batch
-    norm) and writes no ``Identity``-shared initializers; a dynamic batch axis; input ``"image"``
-    (N, ``num_channels``, H, W); the first output ``"scores"``. Dropout is exported too; the library
-    switches it on in training and off in ``apply_dl_model`` and in written files.
+    The recipe: the TorchScript exporter (``dynamo=False``) without constant folding, with every
+    batch norm (``torch.nn.modules.batchnorm._BatchNorm``) and every ``torch.nn.Dropout`` in
+    training mode and every other layer in eval mode (``training=torch.onnx.TrainingMode.PRESERVE``).
+    That keeps each BatchNormalization with its running statistics (an export from eval mode folds
+    them into the convolutions, and the network then trains without batch norm), writes Dropout
+    (the library switches it on in training and off in ``apply_dl_model`` and written files), and
+    leaves out what would be random operators in training mode (stochastic depth, drop path). The
+    batch axis is dynamic, the input is ``"image"`` (N, ``num_channels``, H, W), the first output
+    ``"scores"``.
 
-    The module is not changed: the export runs on a copy (the exporter runs the module in training
-    mode, which moves batch-norm running statistics), and the written parameters and running
-    statistics are the module's own values.
+    The module is not changed: the export runs on a copy (tracing in training mode moves batch-norm
+    running statistics), and the written parameters and running statistics are the module's own.
 
     ``image_size`` is ``(height, width)`` or one int for square images; the written network keeps
     the traced size as its default input size. Example::
@@ -52,12 +55,24 @@ def export_torch(module: Any, path: str | Path, image_size: int | tuple[int, int
     if min(height, width, num_channels) < 1:
         raise DLParamError(f"export_torch: expected a positive image size and channel count, got {image_size} "
                            f"and {num_channels}")
-    traced = copy.deepcopy(module)
+    traced = copy.deepcopy(module).eval()
+    for layer in traced.modules():  # training mode for exactly these; stochastic depth & co. stay off
+        if isinstance(layer, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
+            layer.train()
     target = Path(path)
     example = torch.zeros(2, num_channels, height, width)  # 2: batch norm in training mode needs two values
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # expected for this recipe, nothing the user can act on: the TorchScript exporter and its
+        # training argument are deprecated (still in torch 2.14), num_batches_tracked is not exported, and
+        # batch norm's check of its batch size (torch.nn.functional) is traced as a constant
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=__name__)
+        warnings.filterwarnings("ignore", message=r".*Removing mutation from node aten::add_ on block input: "
+                                                  r"'.*num_batches_tracked'")
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean",
+                                module=r"torch\.nn\.functional")
         torch.onnx.export(traced, (example,), str(target), dynamo=False, opset_version=opset,
-                          do_constant_folding=False, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
     network = onnx.load(str(target))

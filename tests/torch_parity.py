@@ -1,7 +1,7 @@
 """Train the same PyTorch module in PyTorch and, exported to ONNX, in onnx_dl; compare what must agree.
 
-The reference is ``module.train()`` with every Dropout switched off (so batch norm is the only
-train/eval difference): the first loss, the trained-parameter count, the batch-norm running
+The reference is the module with its batch norms in training mode and everything else (Dropout,
+stochastic depth) in eval mode, as the issue's sweep measured: the first loss, the trained-parameter count, the batch-norm running
 statistics after one step (PyTorch momentum m_t corresponds to ONNX momentum 1 - m_t; both
 update with the unbiased batch variance), every parameter's first plain SGD update (each one
 trained, up to ONNX Runtime's gradient accuracy: see :func:`_update_errors`), five finite steps,
@@ -59,11 +59,11 @@ def without_dropout(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def torch_reference(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy in training mode with Dropout off."""
-    net = copy.deepcopy(module).train()
+    """A copy with its batch norms in training mode and everything else (Dropout, stochastic depth) in eval."""
+    net = copy.deepcopy(module).eval()
     for layer in net.modules():
-        if isinstance(layer, torch.nn.Dropout):
-            layer.eval()
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.train()
     return net
 
 
@@ -103,12 +103,13 @@ def compare(module: torch.nn.Module, path: Path, size: int, batch: int = 2, clas
     ours = [dl.train_dl_model_batch(model, data)["total_loss"]]
     assert dl.get_dl_model_param(model, "num_trainable_params") == sum(p.numel() for p in module.parameters())
     np.testing.assert_allclose(ours[0], loss.item(), rtol=1e-5)
-    _assert_running_stats(model, net)
+    _assert_running_stats(model, net, running_stats(module))
     errors = _update_errors(model, net, start)
     ours += [dl.train_dl_model_batch(model, data)["total_loss"] for _ in range(steps - 1)]
     assert np.isfinite(ours).all(), ours
     _assert_written_equals_apply(model, path.with_suffix(".written.onnx"), data, images)
-    return {"losses": ours, "torch_loss": loss.item(), "worst_update_error": max(errors.values())}
+    worst = max(errors, key=errors.get)
+    return {"losses": ours, "torch_loss": loss.item(), "worst_update": (worst, errors[worst])}
 
 
 def _update_errors(model: dl.DLModel, net: torch.nn.Module, start: dict[str, np.ndarray]) -> dict[str, float]:
@@ -133,17 +134,28 @@ def _update_errors(model: dl.DLModel, net: torch.nn.Module, start: dict[str, np.
     return errors
 
 
-def _assert_running_stats(model: dl.DLModel, net: torch.nn.Module) -> None:
-    """After one step, every running statistic equals PyTorch's, found by its state-dict name."""
+def _assert_running_stats(model: dl.DLModel, net: torch.nn.Module, start: dict[str, np.ndarray]) -> None:
+    """After one step, every batch statistic folded into the running statistics equals PyTorch's.
+
+    Compared is the batch value (running - (1 - m_t) * start) / m_t (m_t: PyTorch's momentum), so
+    that a wrong update (a biased variance: 1 / (n - 1) relative) is not hidden by the large share
+    of the start value. Tolerances 1e-3 relative, and 1e-3 of the layer's largest batch variance
+    (of its square root for a mean, which may be near 0): deep layers see 8 values per channel
+    here, and float32 sums differ by a few 1e-4 there.
+    """
     inits = {i.name: numpy_helper.to_array(i) for i in model.network().graph.initializer}
     expected = running_stats(net)
     missing = sorted(set(expected) - set(inits))
     assert not missing, f"running statistics not in the read network: {missing[:5]}"
+    momenta = {f"{name}.{kind}": layer.momentum for name, layer in net.named_modules()
+               if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) for kind in ("running_mean", "running_var")}
     for name, value in expected.items():
-        # float32 sums over deep layers: small means differ by ~1e-4 of the layer's largest statistic
-        # (or by float32 rounding of unit-scale activations where the mean is 0 in exact arithmetic)
-        np.testing.assert_allclose(inits[name], value, rtol=1e-4, atol=1e-4 * np.abs(value).max() + 1e-6,
-                                   err_msg=name)
+        m = momenta[name]
+        ours, theirs = ((v - (1 - m) * start[name]) / m for v in (inits[name], value))
+        var = name.replace("running_mean", "running_var")
+        batch_var = np.abs((expected[var] - (1 - m) * start[var]) / m).max()
+        atol = 1e-3 * (np.sqrt(batch_var) if name.endswith("mean") else batch_var)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=atol, err_msg=name)
 
 
 def _assert_written_equals_apply(model: dl.DLModel, path: Path, data: list[dict[str, Any]],
