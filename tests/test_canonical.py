@@ -53,6 +53,25 @@ class _Tied(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class _Shuffle(nn.Module):
+    """A channel shuffle written with ``x.size()`` (shufflenet's): exported without constant folding it is
+    Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        n, c, h, w = x.size()
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = torch.relu(self.bn2(self.conv2(x)))  # its running variance needs the per-sample size (Bessel)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def test_issue_reproduction_trains_every_parameter(tmp_path: Path) -> None:
     net = _bn_net()
     path = tp.export(net, tmp_path / "bn_c.onnx", "eval_nofold", SIZE)
@@ -66,7 +85,7 @@ def test_issue_reproduction_trains_every_parameter(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("make", [_bn_net, _Tied], ids=["two_fresh_bn", "tied_weights"])
+@pytest.mark.parametrize("make", [_bn_net, _Tied, _Shuffle], ids=["two_fresh_bn", "tied_weights", "shuffle"])
 def test_small_exports_match_pytorch(tmp_path: Path, recipe: str, make) -> None:
     net = make()
     result = tp.compare(net, tp.export(net, tmp_path / "net.onnx", recipe, SIZE), SIZE, classes=4)
@@ -75,10 +94,12 @@ def test_small_exports_match_pytorch(tmp_path: Path, recipe: str, make) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "shufflenet_v2_x0_5"])
 def test_torchvision_exports_match_pytorch(tmp_path: Path, arch: str, recipe: str) -> None:
     """Random init (the case where the exporter shares most), 64 x 64 (at 32 x 32 resnet18's last
-    batch norms see two values per channel, and float rounding dominates their statistics), batch 2."""
+    batch norms see two values per channel, and float rounding dominates their statistics), batch 2.
+    shufflenet's channel shuffle hides its batch norms' sizes from shape inference (the running
+    variance needs them for the unbiased batch variance)."""
     torch.manual_seed(0)
     net = tp.without_dropout(getattr(torchvision.models, arch)(weights=None))
     result = tp.compare(net, tp.export(net, tmp_path / f"{arch}.onnx", recipe, 64), 64)
@@ -125,3 +146,17 @@ def test_identity_feeding_a_graph_output_stays() -> None:
     model.graph.output.append(helper.make_tensor_value_info("b.mean", TensorProto.FLOAT, [3]))
     canonical.own_identity_initializers(model)
     assert [n.output[0] for n in model.graph.node if n.op_type == "Identity"] == ["b.mean", "b.bias"]
+
+
+def test_shapes_inference_cannot_tell_are_measured() -> None:
+    """Reshape to a target computed through Abs (no data propagation in ONNX shape inference)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Abs", ["s"], ["t"]),
+             helper.make_node("Reshape", ["x", "t"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    known = {i.name: [d.HasField("dim_value") for d in i.type.tensor_type.shape.dim] for i in inferred.graph.value_info}
+    assert not all(known.get("r", [False])), "inference now tells this shape: the test lost its subject"
+    shapes = g.tensor_shapes(model)
+    assert shapes["r"] == [2, 3, 4] and shapes["y"] == [2, 3, 4]
