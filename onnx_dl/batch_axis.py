@@ -38,8 +38,8 @@ def free_batch(model: onnx.ModelProto) -> None:
     """Free the batch axis of ``model`` in place where that is proven (see the module docstring).
 
     After :func:`reshape_rows`, the batch is free when shape inference with a symbolic batch gives
-    every output that batch and a forward pass at batch B0 + 1 runs and returns B0 + 1 rows. Then
-    the input's batch becomes the symbol ``N``; otherwise the model keeps its fixed input.
+    no output a fixed first dimension and a forward pass at batch B0 + 1 runs and returns B0 + 1
+    rows. Then the input's batch becomes the symbol ``N``; otherwise the model keeps its fixed input.
     """
     try:
         size = fixed_batch(model)
@@ -123,16 +123,22 @@ def _per_row_only(tensor: str, uses: dict[str, list[tuple[onnx.NodeProto, int]]]
 
 
 def _lost_batch(model: onnx.ModelProto) -> tuple[bool, onnx.NodeProto | None]:
-    """(whether some output of the graph lacks the symbolic batch, the first node that reads the batch
-    and writes an output without it, if one is found)."""
+    """(whether shape inference with a symbolic batch gives some graph output a fixed first dimension,
+    the first node that reads the batch and writes a fixed first dimension, if one is found).
+
+    An output whose first dimension inference cannot tell (a shape computed at run time) is not
+    counted: the forward pass at another batch size decides for it (:func:`free_batch`).
+    """
     shapes = _symbolic_shapes(model)
-    if all((shapes.get(o.name) or [None])[0] == _PROBE for o in model.graph.output):
+
+    def fixed(name: str) -> bool:
+        return isinstance((shapes.get(name) or [None])[0], int)
+
+    if not any(fixed(o.name) for o in model.graph.output):
         return False, None
     for node in model.graph.node:
-        if node.op_type in ("Shape", "Size"):
-            continue
         reads = any((shapes.get(i) or [None])[0] == _PROBE for i in node.input)
-        if reads and any((shapes.get(o) or [_PROBE])[0] != _PROBE for o in node.output if o):
+        if reads and node.op_type not in ("Shape", "Size") and any(fixed(o) for o in node.output if o):
             return True, node
     return True, None
 

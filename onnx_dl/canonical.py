@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from . import graph as g
 
 # BatchNormalization inputs that hold running statistics (mean, variance).
-_STAT_INPUTS = (3, 4)
+STAT_INPUTS = (3, 4)
 
 
 def canonical_form(model: onnx.ModelProto) -> None:
@@ -75,7 +75,7 @@ def split_running_statistics(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         if node.op_type != "BatchNormalization":
             continue
-        for pos in _STAT_INPUTS:
+        for pos in STAT_INPUTS:
             name = node.input[pos] if pos < len(node.input) else ""
             if name not in inits or len(uses.get(name, [])) < 2:
                 continue

@@ -16,7 +16,6 @@ from .onnx_builder import OPSET
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
-_STAT_INPUTS = (3, 4)
 
 
 def export_torch(module: Any, path: str | Path, image_size: int | tuple[int, int], num_channels: int = 3,
@@ -95,7 +94,7 @@ def _restore_values(network: onnx.ModelProto, state: dict[str, Any]) -> None:
                                                   init.name))
     for node in network.graph.node:
         if node.op_type == "BatchNormalization":
-            lost = [node.input[p] for p in _STAT_INPUTS if node.input[p] not in state]
+            lost = [node.input[p] for p in canonical.STAT_INPUTS if node.input[p] not in state]
             if lost:
                 raise DLModelFileError(f"export_torch: batch norm {node.name!r} reads running statistics {lost} "
                                        f"that are not buffers of the module; their exported values would be "

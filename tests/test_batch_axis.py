@@ -116,3 +116,35 @@ def test_only_reshapes_read_per_row_are_freed(between: str | None, free: bool) -
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         w = onnx.numpy_helper.to_array(model.graph.initializer[1])
         np.testing.assert_allclose(session.run(None, {"image": x})[0], x.reshape(3, 48) @ w, rtol=1e-5)
+
+
+class _ViewBySize(nn.Module):
+    """``x.view(x.size(0), -1)`` and a channel shuffle from ``x.size()``: traced with a fixed input, the
+    TorchScript exporter writes every size as a constant (also without constant folding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.fc = nn.Linear(4 * 7 * 7, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        n, c, h, w = x.size()
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_torchscript_sizes_traced_as_constants_keep_the_batch_fixed(tmp_path: Path) -> None:
+    """The shuffle's Reshape to [1, 2, 2, 7, 7] is not provably per sample: refused at another size;
+    with a dynamic batch axis the same module trains at any batch."""
+    net = _ViewBySize().eval()
+    path = tmp_path / "static_input.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
+                      do_constant_folding=False, input_names=["image"])
+    model = dl.read_dl_model(path, type="classification")
+    assert batch_axis.fixed_batch(model.network()) == 1
+    with pytest.raises(dl.DLParamError, match=r"exactly 1 image.*node '/Reshape' \(Reshape\)"):
+        dl.set_dl_model_param(model, "batch_size", 4)
+    dynamic = tp.export(net, tmp_path / "dynamic.onnx", "eval_nofold", SIZE)
+    tp.compare(net, dynamic, SIZE, batch=3, classes=4)
