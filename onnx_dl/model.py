@@ -196,7 +196,8 @@ class DLModel:
         session = self._inference_session()
         rt = _ort.ort()
         count, fixed = len(batch), batch_axis.fixed_batch(self._network)
-        if fixed is not None and count < fixed:  # a network with a fixed batch: pad (each image runs alone)
+        padded = fixed is not None and count < fixed
+        if padded:  # a network with a fixed batch: pad with zero images (each image runs on its own)
             batch = np.concatenate([batch, np.zeros((fixed - count, *batch.shape[1:]), batch.dtype)])
         feeds = {session.get_inputs()[0].name: rt.OrtValue.ortvalue_from_numpy(batch)}
         if self._trainer is not None:  # initializers given as feeds override the graph's values
@@ -205,7 +206,8 @@ class DLModel:
             for name, value in self._trainer.running.items():
                 feeds[name] = rt.OrtValue.ortvalue_from_numpy(value)
         names = [output.name for output in session.get_outputs()]
-        return [value.numpy()[:count] for value in session.run_with_ort_values(names, feeds)]
+        outputs = [value.numpy() for value in session.run_with_ort_values(names, feeds)]
+        return [out[:count] for out in outputs] if padded else outputs
 
 
 def check_batch_size(network: onnx.ModelProto, value: int) -> None:
