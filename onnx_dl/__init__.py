@@ -9,7 +9,16 @@
 
 __version__ = "0.1.0"
 
-from .errors import DLError, DLModelFileError, DLNonFiniteError, DLParamError, DLRuntimeError, DLSampleError
+from .errors import (
+    DLError,
+    DLFoldedBatchNormWarning,
+    DLModelFileError,
+    DLNonFiniteError,
+    DLParamError,
+    DLRuntimeError,
+    DLSampleError,
+    DLWarning,
+)
 from .model import DLModel
 from .operators import (
     apply_dl_model,
@@ -20,9 +29,11 @@ from .operators import (
 )
 from .serialization import bundled_models, read_dl_model, write_dl_model
 from .system import get_system, set_system
+from .torch_export import export_torch
 
 __all__ = [
-    "DLError", "DLModel", "DLModelFileError", "DLNonFiniteError", "DLParamError", "DLRuntimeError", "DLSampleError",
-    "apply_dl_model", "bundled_models", "create_dl_model_detection", "get_dl_model_param", "get_system",
+    "DLError", "DLFoldedBatchNormWarning", "DLModel", "DLModelFileError", "DLNonFiniteError", "DLParamError",
+    "DLRuntimeError", "DLSampleError", "DLWarning",
+    "apply_dl_model", "bundled_models", "create_dl_model_detection", "export_torch", "get_dl_model_param", "get_system",
     "read_dl_model", "set_dl_model_param", "set_system", "train_dl_model_batch", "write_dl_model",
 ]

@@ -30,3 +30,12 @@ class DLNonFiniteError(DLError, FloatingPointError):
 
 class DLDatasetError(DLError, ValueError):
     """A dataset folder or file that cannot be read or is inconsistent: names the file and what is wrong."""
+
+
+class DLWarning(UserWarning):
+    """Base class of the warnings onnx_dl gives: the call worked, but the result may not be what the user wants."""
+
+
+class DLFoldedBatchNormWarning(DLWarning):
+    """A network read for training whose batch norms the exporter folded into its convolutions: it trains
+    as a network without batch norm. The message says how to export the model so that they are kept."""

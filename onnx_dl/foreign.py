@@ -4,8 +4,12 @@ here and the checks that refuse what the engine cannot train.
 ``prepare(network)`` is applied to every network a model handle takes. It
 
 - runs the ONNX checker;
+- warns when the exporter folded batch norms into convolutions (:mod:`onnx_dl.folded_batchnorm`);
+- puts the graph in canonical form (:mod:`onnx_dl.canonical`): every parameter the exporter
+  shared through ``Identity`` or with a batch norm's running statistics gets its own initializer;
 - turns an NHWC image input followed by ``Transpose(perm=[0, 3, 1, 2])`` (the tf2onnx pattern)
   into an NCHW input: the library feeds NCHW everywhere, and written models take NCHW;
+- frees a batch axis the exporter only baked in (:mod:`onnx_dl.batch_axis`);
 - writes Dropout and BatchNormalization in inference form (no ``training_mode``, no extra
   outputs), whatever mode the exporter wrote; the training graph switches them on itself;
 - refuses graphs with a node on the way from a trained weight to the scores whose operator has
@@ -19,6 +23,7 @@ import copy
 import onnx
 from onnx import TensorProto
 
+from . import batch_axis, canonical, folded_batchnorm
 from . import graph as g
 from .errors import DLModelFileError
 
@@ -43,9 +48,12 @@ def prepare(network: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(network)
     except onnx.checker.ValidationError as exc:
         raise DLModelFileError(f"the ONNX checker refuses the network: {str(exc).splitlines()[0]}") from exc
+    folded_batchnorm.warn_if_folded(network)
     model = copy.deepcopy(network)
+    canonical.canonical_form(model)
     _nchw_input(model)
     _inference_mode(model)
+    batch_axis.free_batch(model)
     check_trainable(model)
     return model
 

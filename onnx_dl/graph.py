@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from . import _ort
 from .errors import DLModelFileError
 from .onnx_builder import IR_VERSION, MAX_OPSET, MIN_OPSET, OPSET, GraphBuilder, default_opset
 
@@ -251,13 +252,48 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Inferred shape of every tensor (None for unknown dimensions)."""
+    """Inferred shape of every tensor (None for unknown dimensions).
+
+    ONNX shape inference loses shapes computed at run time from other shapes, as exporters write
+    them without constant folding (``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` for
+    ``x.view(x.size(0), ...)``). When every graph input has a fixed shape, the dimensions
+    inference leaves unknown are measured by one forward pass of zeros (:func:`_measured_shapes`).
+    """
     inferred = infer_shapes(model)
-    shapes = {}
+    shapes, types = {}, {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         dims = info.type.tensor_type.shape.dim
         shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        types[info.name] = info.type.tensor_type.elem_type
+    unknown = [o for n in model.graph.node for o in n.output
+               if o and types.get(o) and (o not in shapes or None in shapes[o])]
+    if unknown:
+        shapes.update(_measured_shapes(model, {name: types[name] for name in unknown}))
     return shapes
+
+
+def _measured_shapes(model: onnx.ModelProto, tensors: dict[str, int]) -> dict[str, list[int | None]]:
+    """Shapes of ``tensors`` (name: element type) from one forward pass of zeros; empty when an input's
+    shape is not fixed or the engine cannot run the graph."""
+    inits = set(initializers(model))
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims) or inp.type.tensor_type.elem_type != TensorProto.FLOAT:
+            return {}
+        feeds[inp.name] = np.zeros([d.dim_value for d in dims], np.float32)
+    probe = copy.deepcopy(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, kind, None) for name, kind in tensors.items())
+    try:
+        session = _ort.ort().InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
+                                              providers=["CPUExecutionProvider"])
+        values = session.run(list(tensors), feeds)
+    except Exception:  # the engine refuses the graph: inference's answer is all there is
+        return {}
+    return {name: list(value.shape) for name, value in zip(tensors, values)}
 
 
 def supported_opset(model: onnx.ModelProto) -> onnx.ModelProto:

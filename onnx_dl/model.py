@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import _ort, classification, detection, foreign, freezing, segmentation, system
+from . import _ort, batch_axis, classification, detection, foreign, freezing, segmentation, system
 from . import graph as g
 from . import params as P
 from .errors import DLModelFileError, DLParamError
@@ -90,6 +90,8 @@ class DLModel:
             candidate["class_weights"] = None
         if name == "runtime":
             _ort.require_device(value)
+        if name == "batch_size":
+            check_batch_size(network, value)
         P.check_consistent(candidate)
         if name in ("freeze_backbone", "frozen_layers"):
             freezing.frozen_weights(network, candidate)  # raises for a name that matches no weight
@@ -193,6 +195,10 @@ class DLModel:
         """Every output of the inference graph for an NCHW batch, with the current weights."""
         session = self._inference_session()
         rt = _ort.ort()
+        count, fixed = len(batch), batch_axis.fixed_batch(self._network)
+        padded = fixed is not None and count < fixed
+        if padded:  # a network with a fixed batch: pad with zero images (each image runs on its own)
+            batch = np.concatenate([batch, np.zeros((fixed - count, *batch.shape[1:]), batch.dtype)])
         feeds = {session.get_inputs()[0].name: rt.OrtValue.ortvalue_from_numpy(batch)}
         if self._trainer is not None:  # initializers given as feeds override the graph's values
             for name in self._trainer.session.trainable:
@@ -200,7 +206,15 @@ class DLModel:
             for name, value in self._trainer.running.items():
                 feeds[name] = rt.OrtValue.ortvalue_from_numpy(value)
         names = [output.name for output in session.get_outputs()]
-        return [value.numpy() for value in session.run_with_ort_values(names, feeds)]
+        outputs = [value.numpy() for value in session.run_with_ort_values(names, feeds)]
+        return [out[:count] for out in outputs] if padded else outputs
+
+
+def check_batch_size(network: onnx.ModelProto, value: int) -> None:
+    """Raise unless the network runs batches of ``value`` images (an exported network may be fixed to one size)."""
+    fixed = batch_axis.fixed_batch(network)
+    if fixed is not None and value != fixed:
+        raise DLParamError(f"parameter 'batch_size': {batch_axis.fixed_batch_reason(network)}; got {value}")
 
 
 def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool = False) -> None:
@@ -209,7 +223,7 @@ def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool 
     Shape inference alone misses some mismatches (it skips Gemm's inner size); ``probe`` adds a
     forward pass of a zero image.
     """
-    dims = [1, *P.image_shape(params)]
+    dims = [batch_axis.fixed_batch(network) or 1, *P.image_shape(params)]
     try:
         shapes = g.tensor_shapes(g.with_input_shape(network, dims))
     except DLModelFileError as exc:
@@ -254,6 +268,11 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
     for name, value in (stored or {}).items():
         if name in params and name not in P.DERIVED:
             params[name] = P.coerce(name, value, model_type) if value is not None else None
+    fixed = batch_axis.fixed_batch(network)
+    if fixed is not None and params["batch_size"] != fixed:
+        if "batch_size" in (stored or {}):
+            check_batch_size(network, params["batch_size"])
+        params["batch_size"] = fixed  # the only size such a network runs
     classes = MODEL_TYPES[model_type].num_classes(network, params)  # a detector's depends on its anchors
     if params.get("class_ids") is None:
         params["class_ids"] = list(range(classes))
