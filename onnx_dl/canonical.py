@@ -14,6 +14,8 @@ them in order. The result has the values and outputs of the input for every imag
 
 from __future__ import annotations
 
+import ast
+
 import onnx
 from onnx import numpy_helper
 
@@ -26,6 +28,7 @@ STAT_INPUTS = (3, 4)
 def canonical_form(model: onnx.ModelProto) -> None:
     """Apply every rule of this module to ``model``, in place."""
     own_identity_initializers(model)
+    own_merged_parameters(model)
     split_running_statistics(model)
 
 
@@ -55,6 +58,58 @@ def own_identity_initializers(model: onnx.ModelProto) -> None:
     if len(kept) != len(model.graph.node):
         del model.graph.node[:]
         model.graph.node.extend(kept)
+
+
+# torch's dynamo exporter writes, on every node, the module path it ran in (metadata
+# 'pkg.torch.onnx.name_scopes': "['', 'features', 'features.1', 'features.1.1', 'mul_45']").
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+
+def _module_path(node: onnx.NodeProto) -> str | None:
+    """The PyTorch module a dynamo-exported node ran in ('features.1.1'), or None without that record."""
+    for prop in node.metadata_props:
+        if prop.key == _SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            return scopes[-2] if isinstance(scopes, list) and len(scopes) >= 2 else None
+    return None
+
+
+def own_merged_parameters(model: onnx.ModelProto) -> None:
+    """An initializer ``owner.leaf`` read by nodes of other modules ``M`` gets a copy ``M.leaf`` for them.
+
+    The dynamo exporter merges parameters of equal value (for instance every ``layer_scale`` of a
+    ConvNeXt stage, all 1e-6 when fresh) into one initializer that several modules read directly,
+    without ``Identity``. Its nodes record the module they ran in, so a reader outside the module
+    that owns the parameter (the initializer's name less its last part) read a merged copy: it gets
+    its own initializer, named as PyTorch names that parameter. Algebra: the copy holds the same
+    values, so every output is unchanged; the copies train separately, as PyTorch's parameters do.
+    Readers inside the owner (a module called twice, a tied weight) keep sharing it. A parameter that
+    PyTorch itself ties across two modules cannot be told from a merged one and is split.
+    """
+    inits = g.initializers(model)
+    taken = set(inits) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    readers: dict[str, dict[str, list[tuple[onnx.NodeProto, int]]]] = {}
+    for node in model.graph.node:
+        path = _module_path(node)
+        for pos, name in enumerate(node.input):
+            if name in inits and path is not None:
+                readers.setdefault(name, {}).setdefault(path, []).append((node, pos))
+    for name, by_path in readers.items():
+        owner = name.rpartition(".")[0]
+        if len(by_path) < 2 or not owner:
+            continue
+        leaf = name.rpartition(".")[2]
+        foreign = [p for p in by_path if p != owner and not p.startswith(owner + ".")]
+        if len(foreign) == len(by_path):  # the owner reads it nowhere: the first reader keeps the original
+            foreign = foreign[1:]
+        for path in foreign:
+            copy_name = _fresh_name(f"{path}.{leaf}", taken)
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[name]), copy_name))
+            for node, pos in by_path[path]:
+                node.input[pos] = copy_name
 
 
 def split_running_statistics(model: onnx.ModelProto) -> None:

@@ -160,3 +160,27 @@ def test_shapes_inference_cannot_tell_are_measured() -> None:
     assert not all(known.get("r", [False])), "inference now tells this shape: the test lost its subject"
     shapes = g.tensor_shapes(model)
     assert shapes["r"] == [2, 3, 4] and shapes["y"] == [2, 3, 4]
+
+
+def _scoped(node: onnx.NodeProto, module: str) -> onnx.NodeProto:
+    entry = node.metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.name_scopes", repr(["", module, node.name])
+    return node
+
+
+def test_parameters_merged_by_the_dynamo_exporter_become_one_per_module() -> None:
+    # dynamo merges equal parameters (ConvNeXt's fresh layer_scale) into one initializer read directly by
+    # several modules; its nodes record the module they ran in. 'a' calls its own scale twice (tied).
+    scale = np.full((1, 2, 1, 1), 1e-6, np.float32)
+    nodes = [_scoped(helper.make_node("Mul", ["image", "a.scale"], ["x1"], name="mul_1"), "a"),
+             _scoped(helper.make_node("Mul", ["x1", "a.scale"], ["x2"], name="mul_2"), "a"),
+             _scoped(helper.make_node("Mul", ["x2", "a.scale"], ["x3"], name="mul_3"), "b"),
+             _scoped(helper.make_node("Mul", ["x3", "a.scale"], ["out"], name="mul_4"), "c")]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2, 1, 1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 1, 1])],
+                              [numpy_helper.from_array(scale, "a.scale")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    canonical.canonical_form(model)
+    assert [list(n.input)[1] for n in model.graph.node] == ["a.scale", "a.scale", "b.scale", "c.scale"]
+    for name in ("b.scale", "c.scale"):
+        np.testing.assert_array_equal(numpy_helper.to_array(g.initializers(model)[name]), scale)
