@@ -128,7 +128,10 @@ def score_classes(network: onnx.ModelProto, dims: list[int], rank: int) -> int:
 
 # Operators that only lay a tensor out anew: a weight read through them is still that weight
 # (TorchScript exports nn.Linear on a (N, H, W, C) tensor as MatMul(x, Transpose(weight))).
-_LAYOUT_ONLY = ("Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+_LAYOUT_ONLY = ("Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand")
+# Operators whose every float operand of more than one element is a learned tensor (ViT's class token,
+# Concat(Expand(class_token), patches)).
+_ANY_POSITION = ("Concat",)
 
 
 def _initializer_behind(name: str, made_by: dict[str, onnx.NodeProto],
@@ -147,10 +150,12 @@ def _initializers_at(model: onnx.ModelProto, positions: dict[str, tuple[int, ...
     inits, made_by = initializers(model), producers(model)
     found: dict[str, onnx.TensorProto] = {}
     for node in model.graph.node:
-        for pos in positions.get(node.op_type, ()):
+        anywhere = node.op_type in _ANY_POSITION and positions is _WEIGHT_INPUTS
+        for pos in range(len(node.input)) if anywhere else positions.get(node.op_type, ()):
             if pos < len(node.input) and node.input[pos]:
                 init = _initializer_behind(node.input[pos], made_by, inits)
-                if init is not None and not (node.op_type in _ELEMENTWISE and int(np.prod(init.dims)) <= 1):
+                scalar = init is not None and int(np.prod(init.dims)) <= 1
+                if init is not None and not ((anywhere or node.op_type in _ELEMENTWISE) and scalar):
                     found.setdefault(init.name, init)
     return list(found.values())
 

@@ -65,3 +65,31 @@ def test_read_model_matches_pytorch_train_mode_and_keeps_dropout(tmp_path: Path)
 def test_bad_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(dl.DLParamError, match="image size"):
         dl.export_torch(_net(), tmp_path / "net.onnx", (0, SIZE))
+
+
+class _TokenNet(nn.Module):
+    """A learned token concatenated to the features, as ViT's class token: Concat(Expand(token), x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.token = nn.Parameter(torch.randn(1, 1, 4))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x).flatten(2).transpose(1, 2)  # (N, L, 4)
+        tokens = torch.cat([self.token.expand(x.shape[0], -1, -1), features], dim=1)
+        return self.fc(tokens.mean(dim=1) + tokens[:, 0])
+
+
+def test_a_learned_token_in_a_concat_is_trained(tmp_path: Path) -> None:
+    net = _TokenNet()
+    model = dl.read_dl_model(dl.export_torch(net, tmp_path / "token.onnx", SIZE), type="classification")
+    assert dl.get_dl_model_param(model, "num_trainable_params") == sum(p.numel() for p in net.parameters())
+    dl.set_dl_model_param(model, "batch_size", 2)
+    rng = np.random.default_rng(0)
+    dl.train_dl_model_batch(model, [{"image": rng.normal(0, 1, (SIZE, SIZE, 3)).astype(np.float32),
+                                     "image_label_id": i} for i in (0, 1)])
+    token = next(numpy_helper.to_array(i) for i in model.network().graph.initializer if i.name == "token")
+    assert not np.allclose(token, net.token.detach().numpy())
