@@ -29,7 +29,7 @@ def _trains_like_pytorch(result: zoo.CaseResult) -> None:
 def test_zoo(tmp_path: Path, name: str, recipe: str) -> None:
     result = zoo.run_case(name, recipe, tmp_path)
     assert "DLRuntimeError" not in result.refused, result.refused  # never an engine error
-    keeps_everything = zoo.RECIPES[recipe][1] or not zoo.NETWORKS[name].has_batch_norm
+    keeps_everything = zoo.RECIPES[recipe] or not zoo.NETWORKS[name].has_batch_norm
     if recipe == "dynamo_static" and result.refused:
         # a batch the exporter baked in that onnx_dl cannot prove free: refused when the batch size is set
         assert result.stage == "read" and result.refused.startswith("DLParamError"), result.refused

@@ -27,23 +27,29 @@ LEARNING_RATE = 0.01
 
 
 def export(module: torch.nn.Module, path: Path, recipe: str, size: int, batch: int = 1) -> Path:
-    """``module`` written by one of the common recipes.
+    """``module`` written by one of the common recipes (the one place the tests export from).
 
     ``training``: :func:`onnx_dl.export_torch`. ``eval_nofold``: TorchScript exporter from eval()
     with ``training=PRESERVE`` and no constant folding (BN kept, equal initializers shared through
     Identity). ``eval_fold``: the exporter's defaults (``TrainingMode.EVAL``, constant folding: BN
-    folded into the convolutions).
-    ``dynamo_static``: the dynamo exporter without ``dynamic_shapes`` (batch ``batch`` baked in).
+    folded into the convolutions). ``dynamo``: the dynamo exporter with a dynamic batch
+    (``dynamic_shapes``); ``dynamo_static``: without, batch ``batch`` baked in.
     """
     if recipe == "training":
         return dl.export_torch(module, path, size)
-    example = torch.zeros(batch, 3, size, size)
     net = copy.deepcopy(module).eval()
-    if recipe == "dynamo_static":
-        torch.onnx.export(net, (example,), str(path), dynamo=True, input_names=["image"])
+    if recipe in ("dynamo", "dynamo_static"):
+        dynamic = recipe == "dynamo"
+        example = torch.zeros(max(batch, 2) if dynamic else batch, 3, size, size)
+        shapes = ({0: torch.export.Dim("N", min=1, max=1024)},) if dynamic else None
+        torch.onnx.export(net, (example,), str(path), dynamo=True, input_names=["image"], dynamic_shapes=shapes,
+                          verbose=False)
         return path
+    if recipe not in ("eval_nofold", "eval_fold"):
+        raise ValueError(f"unknown export recipe {recipe!r}")
     fold = recipe == "eval_fold"  # the exporter's defaults: eval mode, constant folding
-    torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=17, do_constant_folding=fold,
+    torch.onnx.export(net, (torch.zeros(batch, 3, size, size),), str(path), dynamo=False, opset_version=17,
+                      do_constant_folding=fold,
                       training=torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.PRESERVE,
                       input_names=["image"], dynamic_axes={"image": {0: "N"}})
     return path

@@ -30,6 +30,7 @@ import onnx
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch_parity
 
 import onnx_dl as dl
 from onnx_dl import _ort
@@ -123,31 +124,12 @@ def network(name: str, seed: int = 0, pretrained_like: bool = True) -> nn.Module
     return net
 
 
-def _export_torchscript(net: nn.Module, path: Path, size: int, training: bool, fold: bool) -> None:
-    net.train(training)
-    torch.onnx.export(net, (torch.zeros(BATCH, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                      do_constant_folding=fold,
-                      training=torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL,
-                      input_names=["image"], output_names=["scores"], dynamic_axes={"image": {0: "N"}})
-
-
-def _export_dynamo(net: nn.Module, path: Path, size: int, dynamic: bool) -> None:
-    net.eval()
-    shapes = ({0: torch.export.Dim("N", min=1, max=1024)},) if dynamic else None
-    example = torch.zeros(BATCH if dynamic else 1, 3, size, size)
-    torch.onnx.export(net, (example,), str(path), dynamo=True, input_names=["image"], dynamic_shapes=shapes,
-                      verbose=False)
-
-
-# recipe -> (export function, whether it keeps batch norm)
-RECIPES: dict[str, tuple[Callable[[nn.Module, Path, int], None], bool]] = {
-    # the README's recipe (onnx_dl.export_torch writes it): every BN kept, no tensor shared
-    "training": (lambda net, path, size: _export_torchscript(net, path, size, training=True, fold=False), True),
-    # eval mode without constant folding: BN kept in inference form, equal tensors shared through Identity
-    "eval_nofold": (lambda net, path, size: _export_torchscript(net, path, size, training=False, fold=False), True),
-    # the dynamo exporter (torch's default), dynamic and static batch: folds BN into the convolutions
-    "dynamo": (lambda net, path, size: _export_dynamo(net, path, size, dynamic=True), False),
-    "dynamo_static": (lambda net, path, size: _export_dynamo(net, path, size, dynamic=False), False),
+# recipe (torch_parity.export) -> whether it keeps what PyTorch trains (batch norm above all)
+RECIPES: dict[str, bool] = {
+    "training": True,  # onnx_dl.export_torch, the README's recipe: every BN kept, no tensor shared
+    "eval_nofold": True,  # eval mode without constant folding: BN kept, equal tensors shared through Identity
+    "dynamo": False,  # the dynamo exporter (torch's default), dynamic batch: folds BN into the convolutions
+    "dynamo_static": False,  # the same with the batch baked in
 }
 
 
@@ -255,7 +237,7 @@ def run_case(name: str, recipe: str, folder: Path, steps: int = 5, lr: float = 0
     path = folder / f"{name}_{recipe}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        RECIPES[recipe][0](net, path, spec.size)
+        torch_parity.export(net, path, recipe, spec.size)
     net = network(name, pretrained_like=pretrained_like)  # the exporter may have run the module: a fresh copy for the reference
     batch, images, labels = samples(name)
     result.stage = "read"

@@ -30,27 +30,11 @@ def random_batchnorm(net: Any, seed: int = 0) -> Any:
 
 
 def export(net: Any, path: Path, size: int, recipe: str = "training") -> Path:
-    """Export ``net`` for (3, size, size) images with a dynamic batch.
+    """Export ``net`` for (3, size, size) images with a dynamic batch: ``training`` (onnx_dl.export_torch),
+    ``folded`` (the TorchScript exporter's defaults) or ``dynamo`` (see torch_parity.export)."""
+    import torch_parity
 
-    ``training``: TorchScript exporter in training mode (keeps every BN with its statistics);
-    ``folded``: TorchScript exporter in eval mode with constant folding (the exporter's defaults);
-    ``dynamo``: the torch.export-based exporter with a dynamic batch dimension.
-    """
-    net.eval()
-    example = torch.zeros(2, 3, size, size)
-    if recipe == "training":
-        torch.onnx.export(net, example, str(path), dynamo=False, opset_version=17, input_names=["image"],
-                          training=torch.onnx.TrainingMode.TRAINING, dynamic_axes={"image": {0: "N"}})
-    elif recipe == "folded":
-        torch.onnx.export(net, example, str(path), dynamo=False, opset_version=17, input_names=["image"],
-                          dynamic_axes={"image": {0: "N"}})
-    elif recipe == "dynamo":
-        torch.onnx.export(net, (example,), str(path), dynamo=True, input_names=["image"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-    else:
-        raise ValueError(recipe)
-    net.eval()
-    return path
+    return torch_parity.export(net, path, {"folded": "eval_fold"}.get(recipe, recipe), size, batch=2)
 
 
 def images(count: int, size: int, seed: int = 0) -> np.ndarray:
