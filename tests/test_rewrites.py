@@ -23,11 +23,13 @@ RTOL = 1e-5
 
 
 def _graph(node: onnx.NodeProto, x_shape: list[int], y_shape: list[int], inits: dict[str, np.ndarray],
-           opset: int = 17, extra_opsets: tuple[tuple[str, int], ...] = ()) -> onnx.ModelProto:
-    """x -> Add(x, w) = h -> node(h, ...) = y -> loss = sum(y * r): grad of w = the op's vector-Jacobian product."""
+           opset: int = 17, extra_opsets: tuple[tuple[str, int], ...] = (),
+           before: tuple[onnx.NodeProto, ...] = ()) -> onnx.ModelProto:
+    """x -> Add(x, w) = h -> node(h, ...) = y -> loss = sum(y * r): grad of w = the op's vector-Jacobian
+    product (``before``: nodes computing other inputs of ``node``)."""
     rng = np.random.default_rng(1)
     tensors = {"w": rng.standard_normal(x_shape), "r": rng.standard_normal(y_shape), **inits}
-    nodes = [helper.make_node("Add", ["x", "w"], ["h"]), node,
+    nodes = [*before, helper.make_node("Add", ["x", "w"], ["h"]), node,
              helper.make_node("Mul", ["y", "r"], ["yr"]), helper.make_node("ReduceSum", ["yr"], ["loss"], keepdims=0)]
     graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("loss", TensorProto.FLOAT, []),
@@ -105,11 +107,13 @@ def test_hard_sigmoid_default_attributes() -> None:
     _check(node, [2, 3, 4, 4], [2, 3, 4, 4], lambda h: torch.clamp(h * 0.2 + 0.5, 0, 1))
 
 
-def test_layer_normalization_forward_and_gradients() -> None:
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_layer_normalization_forward_and_gradients(axis: int) -> None:
     rng = np.random.default_rng(3)
-    inits = {"scale": rng.standard_normal(6), "bias": rng.standard_normal(6)}
-    node = helper.make_node("LayerNormalization", ["h", "scale", "bias"], ["y"], axis=-1, epsilon=1e-5)
-    _check(node, [2, 3, 5, 6], [2, 3, 5, 6], lambda h, s, b: F.layer_norm(h, (6,), s, b, 1e-5),
+    normalized = (6,) if axis == -1 else (3, 5, 6)
+    inits = {"scale": rng.standard_normal(normalized), "bias": rng.standard_normal(normalized)}
+    node = helper.make_node("LayerNormalization", ["h", "scale", "bias"], ["y"], axis=axis, epsilon=1e-5)
+    _check(node, [2, 3, 5, 6], [2, 3, 5, 6], lambda h, s, b: F.layer_norm(h, normalized, s, b, 1e-5),
            inits, trained=("w", "scale", "bias"))
 
 
@@ -263,6 +267,38 @@ def test_resize_with_one_axis_at_scale_one_keeps_that_axis() -> None:
     matrix = _resize_matrix(node, inits, [2, 3, 3, 5], [2, 3, 3, 7])
     _check(node, [2, 3, 3, 5], [2, 3, 3, 7], lambda h: (h.reshape(2, 3, -1) @ torch.tensor(matrix, dtype=torch.float64).T)
            .reshape(2, 3, 3, 7), inits)
+
+
+def test_resize_18_with_axes_and_scales_of_those_axes() -> None:
+    node = helper.make_node("Resize", ["h", "", "scales"], ["y"], mode="linear", axes=[2, 3],
+                            coordinate_transformation_mode="pytorch_half_pixel")
+    _check(node, [2, 3, 4, 5], [2, 3, 8, 10], lambda h: F.interpolate(h, scale_factor=2.0, mode="bilinear"),
+           {"scales": np.array([2, 2], np.float32)}, opset=18)
+
+
+def test_resize_sizes_computed_from_the_input_shape_are_read_at_the_training_size() -> None:
+    """TorchScript's F.interpolate(size=...) pattern: sizes = Concat(Shape(x)[:2], (H, W))."""
+    node = helper.make_node("Resize", ["h", "", "", "sizes"], ["y"], mode="linear",
+                            coordinate_transformation_mode="pytorch_half_pixel")
+    shape = (helper.make_node("Shape", ["x"], ["x_shape"]),
+             helper.make_node("Slice", ["x_shape", "start", "stop"], ["nc"]),
+             helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0))
+    model = _graph(node, [2, 3, 4, 5], [2, 3, 7, 9], {"hw": np.array([7, 9]), "start": np.array([0]),
+                                                      "stop": np.array([2])}, before=shape)
+    x = np.random.default_rng(0).standard_normal([2, 3, 4, 5]).astype(np.float32)
+    rewritten = rewrites.for_training(model, {"y"})
+    assert "Resize" not in {n.op_type for n in rewritten.graph.node}
+    np.testing.assert_allclose(_forward(rewritten, x), _forward(model, x), rtol=1e-6, atol=1e-6)
+
+
+def test_resize_sizes_that_depend_on_image_values_are_refused() -> None:
+    node = helper.make_node("Resize", ["h", "", "", "sizes"], ["y"], name="data_dependent", mode="nearest")
+    values = (helper.make_node("ReduceMax", ["x"], ["x_max"], axes=[0, 1, 2, 3], keepdims=0),
+              helper.make_node("Cast", ["x_max"], ["x_int"], to=TensorProto.INT64),
+              helper.make_node("Add", ["x_int", "base"], ["sizes"]))
+    model = _graph(node, [2, 3, 4, 4], [2, 3, 8, 8], {"base": np.array([2, 3, 8, 8])}, before=values)
+    with pytest.raises(dl.DLModelFileError, match=r"'data_dependent' \(Resize\).*depends on the image values"):
+        rewrites.for_training(model, {"y"})
 
 
 def test_resize_refusals_name_the_reason() -> None:

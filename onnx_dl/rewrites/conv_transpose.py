@@ -72,7 +72,9 @@ def rewrite(node: onnx.NodeProto, ctx: Context) -> None:
                              f"(C, M/group, k...)")
     ones = [1] * rank
     strides, dilations = attribute(node, "strides", ones), attribute(node, "dilations", ones)
-    pads = attribute(node, "pads", [0] * 2 * rank) if attribute(node, "auto_pad", "NOTSET") == "NOTSET" else [0] * 2 * rank
+    pads = [0] * 2 * rank
+    if attribute(node, "auto_pad", "NOTSET") == "NOTSET":
+        pads = attribute(node, "pads", pads)
     extra = attribute(node, "output_padding", [0] * rank)
     group = attribute(node, "group", 1)
     kernel = w_shape[2:]

@@ -89,16 +89,21 @@ def linear_taps(coordinate: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
 
 
 def _scales(node: onnx.NodeProto, ctx: Context, shape_in: list[int], shape_out: list[int]) -> np.ndarray:
-    """The scale per axis: the scales input, or output size / input size (float32) when sizes are given."""
+    """The scale per axis: the scales input, or output size / input size (float32) when sizes are given.
+
+    Reading either input through ``ctx.value`` refuses sizes or scales computed from image values."""
     rank = len(shape_in)
     axes = [a % rank for a in attribute(node, "axes", list(range(rank)))]
-    given = len(node.input) > 2 and node.input[2] and ctx.value(node.input[2]).size > 0
     scales = np.ones(rank, F)
-    if given:
-        scales[axes] = ctx.value(node.input[2]).astype(F)
-    else:
-        for axis in range(rank):
-            scales[axis] = F(shape_out[axis]) / F(shape_in[axis]) if shape_in[axis] else F(1)
+    given = ctx.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(0, F)
+    if given.size > 0:
+        scales[axes] = given.astype(F)
+        return scales
+    if len(node.input) < 4 or not node.input[3]:
+        raise RewriteRefused("it has neither scales nor sizes")
+    ctx.value(node.input[3])
+    for axis in range(rank):
+        scales[axis] = F(shape_out[axis]) / F(shape_in[axis]) if shape_in[axis] else F(1)
     return scales
 
 

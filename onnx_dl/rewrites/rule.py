@@ -121,7 +121,7 @@ class Context:
 
 def _run_probe(model: onnx.ModelProto, targets: list[onnx.NodeProto], constants: dict[str, Any],
                batch: int) -> dict[str, np.ndarray]:
-    """Shapes of the targets' first input and outputs, values of their other inputs: one forward pass."""
+    """Shapes of the targets' inputs and outputs, values of their inputs after the first: one forward pass."""
     from .. import _ort
 
     probe = copy.deepcopy(model)
@@ -130,7 +130,7 @@ def _run_probe(model: onnx.ModelProto, targets: list[onnx.NodeProto], constants:
     del probe.graph.output[:]
     wanted: dict[str, None] = {}
     for node in targets:
-        for tensor in [node.input[0], *node.output]:
+        for tensor in [*node.input, *node.output]:
             if tensor and f"{tensor}/shape" not in wanted:
                 probe.graph.node.append(helper.make_node("Shape", [tensor], [f"{tensor}/shape"]))
                 wanted[f"{tensor}/shape"] = None
