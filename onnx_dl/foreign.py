@@ -102,6 +102,9 @@ def _inference_mode(model: onnx.ModelProto) -> None:
 def check_trainable(model: onnx.ModelProto) -> None:
     """Raise unless every node between a trained weight and an output (the scores of the first
     output: its logits when it ends in a Softmax) has a gradient here or a training rewrite."""
+    if not g.weight_names(model):
+        raise DLModelFileError("the network has no float weights in a trainable position (Conv, Gemm, MatMul, "
+                               "BatchNormalization, ...): nothing to train")
     for node in gradient_nodes(model):
         if _differentiable(node):
             continue
@@ -125,8 +128,7 @@ def gradient_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     logits when it ends in a Softmax): the engine differentiates each of them."""
     weights = set(g.weight_names(model))
     if not weights:
-        raise DLModelFileError("the network has no float weights in a trainable position (Conv, Gemm, MatMul, "
-                               "BatchNormalization, ...): nothing to train")
+        return []
     float_tensors = _float_tensors(model)
     depends = set(weights)
     for node in model.graph.node:  # nodes are in topological order (checked)
