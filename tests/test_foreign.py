@@ -266,6 +266,27 @@ def test_resize_without_a_rewrite_is_refused_saying_why(tmp_path: Path) -> None:
         _read(tmp_path, network, "segmentation")
 
 
+def test_resize_with_sizes_from_image_values_is_refused_at_read(tmp_path: Path) -> None:
+    """A rewrite that needs sizes runs once at read when the export fixes H and W: sizes computed from
+    image values (here: the shape plus 0 * max(image)) cannot be fixed for training."""
+    network = torch_segmentation(size=SIZE)
+    network = with_node(network, "er", "Identity")
+    node = next(n for n in network.graph.node if n.name == "inserted_Identity")
+    node.op_type, node.name = "Resize", "upsample"
+    node.input.extend(["", "", "sizes"])
+    network.graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    sizes = [helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+             helper.make_node("Mul", ["peak", "zero"], ["nothing"]),
+             helper.make_node("Cast", ["nothing"], ["nothing_int"], to=TensorProto.INT64),
+             helper.make_node("Shape", ["er"], ["er_shape"]),
+             helper.make_node("Add", ["er_shape", "nothing_int"], ["sizes"])]
+    index = next(i for i, n in enumerate(network.graph.node) if n.name == "upsample")
+    for offset, extra in enumerate(sizes):
+        network.graph.node.insert(index + offset, extra)
+    with pytest.raises(dl.DLModelFileError, match=r"'upsample' \(Resize\).*depends on the image values"):
+        _read(tmp_path, network, "segmentation")
+
+
 def test_two_image_inputs_are_refused(tmp_path: Path) -> None:
     network = torch_style()
     network.graph.input.append(helper.make_tensor_value_info("second", TensorProto.FLOAT, ["N", 3, SIZE, SIZE]))

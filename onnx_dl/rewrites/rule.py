@@ -136,8 +136,24 @@ def _run_probe(model: onnx.ModelProto, targets: list[onnx.NodeProto], constants:
                 wanted[f"{tensor}/shape"] = None
         wanted.update((t, None) for t in node.input[1:] if t and t not in constants)
     probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)  # types: the engine infers them
-    session = _ort.ort().InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
-                                          providers=["CPUExecutionProvider"])
+    _keep_ancestors(probe, set(wanted))
     image = g.image_input(probe).name
-    values = session.run(list(wanted), {image: np.zeros([batch, *dims[1:]], np.float32)})
+    try:
+        session = _ort.ort().InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
+                                              providers=["CPUExecutionProvider"])
+        values = session.run(list(wanted), {image: np.zeros([batch, *dims[1:]], np.float32)})
+    except Exception as exc:  # noqa: BLE001 - any engine failure: the sizes cannot be read
+        raise RewriteRefused(f"the sizes around it could not be computed at the image size "
+                             f"{dims[1:]}: {str(exc).splitlines()[0]}") from exc
     return dict(zip(wanted, values))
+
+
+def _keep_ancestors(model: onnx.ModelProto, tensors: set[str]) -> None:
+    """Drop the nodes ``tensors`` do not depend on, in place (the probe computes no more than it needs)."""
+    needed, kept = set(tensors), []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept))
