@@ -105,7 +105,7 @@ def check_trainable(model: onnx.ModelProto) -> None:
     if not g.weight_names(model):
         raise DLModelFileError("the network has no float weights in a trainable position (Conv, Gemm, MatMul, "
                                "BatchNormalization, ...): nothing to train")
-    rewritten = set()
+    sized: set[str] = set()
     for node in gradient_nodes(model):
         if _differentiable(node):
             continue
@@ -117,10 +117,12 @@ def check_trainable(model: onnx.ModelProto) -> None:
                 f"has no gradient for {node.op_type} ({why}); trainable operators: {', '.join(sorted(GRADIENT_OPS))}, "
                 f"and by rewrite {', '.join(sorted(op for _, op in rewrites.RULES))}"
             )
-        rewritten.add(node.output[0])
+        rule = rewrites.rule_for(node)
+        if rule is not None and rule.sized:
+            sized.add(node.output[0])
     dims = g.input_dims(model)
-    if rewritten and None not in dims:  # the rewrites at the exported size: what depends on sizes fails now
-        rewrites.for_training(g.with_input_shape(model, ["N", *dims]), rewritten)
+    if sized and None not in dims:  # the rewrites that read sizes, at the exported size: a refusal comes now
+        rewrites.for_training(g.with_input_shape(model, ["N", *dims]), sized)
 
 
 def _differentiable(node: onnx.NodeProto) -> bool:

@@ -95,4 +95,5 @@ def rewrite(node: onnx.NodeProto, ctx: Context) -> None:
 
 
 CONV_TRANSPOSE = Rule("ConvTranspose", check, rewrite, "Conv of the zero-inserted input with the flipped, "
-                                                      "transposed kernel (Reshape, Pad, Slice, Gather, Transpose)")
+                                                      "transposed kernel (Reshape, Pad, Slice, Gather, Transpose)",
+                      sized=True)

@@ -154,4 +154,4 @@ def rewrite(node: onnx.NodeProto, ctx: Context) -> None:
 
 
 RESIZE = Rule("Resize", check, rewrite, "Gather along W and H with fixed indices (nearest) or two Gathers and a "
-                                        "weighted sum per axis (linear)")
+                                        "weighted sum per axis (linear)", sized=True)

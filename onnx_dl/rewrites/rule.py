@@ -38,6 +38,7 @@ class Rule:
     rewrite: Callable[[onnx.NodeProto, Context], None]  # appends nodes computing the node's outputs
     summary: str  # how, in a few words (README table)
     domain: str = ""
+    sized: bool = False  # the rewrite reads sizes or values at the training image size (Context.shape/value)
 
 
 def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
