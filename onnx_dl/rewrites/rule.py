@@ -10,7 +10,6 @@ they do not fit.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,9 +124,8 @@ def _run_probe(model: onnx.ModelProto, targets: list[onnx.NodeProto], constants:
     """Shapes of the targets' inputs and outputs, values of their inputs after the first: one forward pass."""
     from .. import _ort
 
-    probe = copy.deepcopy(model)
-    dims = [d.dim_value for d in g.image_input(probe).type.tensor_type.shape.dim]
-    probe = g.with_input_shape(probe, [batch, *dims[1:]])
+    dims = [d.dim_value for d in g.image_input(model).type.tensor_type.shape.dim]
+    probe = g.with_input_shape(model, [batch, *dims[1:]])  # a copy
     del probe.graph.output[:]
     wanted: dict[str, None] = {}
     for node in targets:
