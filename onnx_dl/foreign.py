@@ -25,13 +25,15 @@ from onnx import TensorProto
 
 from . import batch_axis, canonical, folded_batchnorm
 from . import graph as g
+from . import rewrites
 from .errors import DLModelFileError
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
 # Operators whose gradients ONNX Runtime training 1.19.2 builds and runs on the CPU (measured:
 # a weight -> op -> loss graph per operator, artifacts generated and one step run). Missing for
 # instance: Resize and ConvTranspose (no CPU kernel of their gradients), HardSigmoid, HardSwish,
-# Elu, Selu, Softplus, PRelu, GlobalMaxPool, ReduceMax, InstanceNormalization, Einsum, Sum, Mean.
+# Elu, Selu, Softplus, PRelu, GlobalMaxPool, ReduceMax, InstanceNormalization, Einsum, Sum, Mean;
+# the training graph rewrites some of them, and Gelu (onnx_dl.rewrites).
 GRADIENT_OPS = frozenset({
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Conv", "Cos", "Div",
     "Dropout", "Erf", "Exp", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity",
@@ -39,6 +41,7 @@ GRADIENT_OPS = frozenset({
     "Reciprocal", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Sigmoid", "Sin", "Slice",
     "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze",
 })
+CONTRIB_GRADIENT_OPS = frozenset({("com.microsoft", "Gelu")})  # ONNX Runtime's own operators, measured too
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -106,11 +109,41 @@ def _inference_mode(model: onnx.ModelProto) -> None:
 
 def check_trainable(model: onnx.ModelProto) -> None:
     """Raise unless every node between a trained weight and an output (the scores of the first
-    output: its logits when it ends in a Softmax) has a gradient here."""
-    weights = set(g.weight_names(model))
-    if not weights:
+    output: its logits when it ends in a Softmax) has a gradient here or a training rewrite."""
+    if not g.weight_names(model):
         raise DLModelFileError("the network has no float weights in a trainable position (Conv, Gemm, MatMul, "
                                "BatchNormalization, ...): nothing to train")
+    sized: set[str] = set()
+    for node in gradient_nodes(model):
+        if _differentiable(node):
+            continue
+        why = rewrites.refusal(node, model)
+        if why is not None:
+            raise DLModelFileError(
+                f"node {node.name or node.output[0]!r} ({node.domain + '.' if node.domain else ''}{node.op_type}) "
+                f"lies between trained weights and the scores, and the engine (ONNX Runtime training 1.19, CPU) "
+                f"has no gradient for {node.op_type} ({why}); trainable operators: {', '.join(sorted(GRADIENT_OPS))}, "
+                f"and by rewrite {', '.join(sorted(op for _, op in rewrites.RULES))}"
+            )
+        rule = rewrites.rule_for(node)
+        if rule is not None and rule.sized:
+            sized.add(node.output[0])
+    dims = g.input_dims(model)
+    if sized and None not in dims:  # the rewrites that read sizes, at the exported size: a refusal comes now
+        rewrites.for_training(g.with_input_shape(model, ["N", *dims]), sized)
+
+
+def _differentiable(node: onnx.NodeProto) -> bool:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return (domain == "" and node.op_type in GRADIENT_OPS) or (domain, node.op_type) in CONTRIB_GRADIENT_OPS
+
+
+def gradient_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes between a trained weight and an output (the scores of the first output: its
+    logits when it ends in a Softmax): the engine differentiates each of them."""
+    weights = set(g.weight_names(model))
+    if not weights:
+        return []
     float_tensors = _float_tensors(model)
     depends = set(weights)
     for node in model.graph.node:  # nodes are in topological order (checked)
@@ -118,15 +151,8 @@ def check_trainable(model: onnx.ModelProto) -> None:
             depends.update(o for o in node.output if o in float_tensors)
     roots = [g.logits_output(model)[0]] + [o.name for o in model.graph.output[1:]]
     needed = set().union(*(_ancestors(model, root) for root in roots))
-    for node in model.graph.node:
-        on_path = any(name in depends for name in node.input) and any(o in needed and o in depends
-                                                                      for o in node.output)
-        if on_path and (node.domain not in ("", "ai.onnx") or node.op_type not in GRADIENT_OPS):
-            raise DLModelFileError(
-                f"node {node.name or node.output[0]!r} ({node.domain + '.' if node.domain else ''}{node.op_type}) "
-                f"lies between trained weights and the scores, and the engine (ONNX Runtime training 1.19, CPU) "
-                f"has no gradient for {node.op_type}; trainable operators: {', '.join(sorted(GRADIENT_OPS))}"
-            )
+    return [node for node in model.graph.node
+            if any(name in depends for name in node.input) and any(o in needed and o in depends for o in node.output)]
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:

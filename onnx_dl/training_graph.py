@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import TensorProto
 
+from . import foreign, losses, rewrites
 from . import graph as g
-from . import losses
 from .onnx_builder import GraphBuilder
 
 TOTAL = "total_loss"
@@ -34,7 +34,11 @@ class TrainingGraph:
 
 
 def _loss_graph(forward: onnx.ModelProto, image_dims: tuple[int, int, int]) -> tuple[onnx.ModelProto, GraphBuilder]:
+    """The forward graph at the image size, with operators the engine cannot differentiate rewritten
+    (:mod:`onnx_dl.rewrites`), Dropout on and no outputs yet."""
     model = g.with_input_shape(g.inference_form(forward), ["N", *image_dims])
+    if any(rewrites.rule_for(node) is not None for node in model.graph.node):
+        model = rewrites.for_training(model, {n.output[0] for n in foreign.gradient_nodes(model) if n.output})
     g.dropout_training(model)
     del model.graph.output[:]
     return model, GraphBuilder(model.graph, prefix="loss/")
@@ -43,7 +47,7 @@ def _loss_graph(forward: onnx.ModelProto, image_dims: tuple[int, int, int]) -> t
 def _finish(model: onnx.ModelProto, b: GraphBuilder, parts: dict[str, str], trainable: list[str],
             inputs: list[str], forward: onnx.ModelProto, image_dims: tuple[int, int, int]) -> TrainingGraph:
     """Add the weight prior and the total loss, declare the outputs and describe the result."""
-    biases = g.bias_names(model)
+    biases = g.bias_names(forward)  # roles as in the network: a rewrite may read a weight through other nodes
     prior_weights = [w for w in trainable if w not in biases]
     b.input(WEIGHT_PRIOR_INPUT, [])
     parts = {**parts, PRIOR: losses.weight_prior(b, prior_weights, WEIGHT_PRIOR_INPUT)}
@@ -85,7 +89,7 @@ def classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], n
     b.input("class_weights", [num_classes])
     b.input("ce_normalizer", [])
     ce = losses.cross_entropy(b, logits, "labels", "class_weights", "ce_normalizer")
-    weights = trainable if trainable is not None else g.weight_names(model)
+    weights = trainable if trainable is not None else g.weight_names(forward)
     return _finish(model, b, {"loss_cross_entropy": ce}, weights,
                    [image, "labels", "class_weights", "ce_normalizer"], forward, image_dims)
 
@@ -106,7 +110,7 @@ def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num
     b.input("pixel_weights", ["N", height, width])
     b.input("ce_normalizer", [])
     ce = losses.pixel_cross_entropy(b, logits, "labels", "pixel_weights", "ce_normalizer")
-    weights = trainable if trainable is not None else g.weight_names(model)
+    weights = trainable if trainable is not None else g.weight_names(forward)
     return _finish(model, b, {"loss_cross_entropy": ce}, weights,
                    [image, "labels", "pixel_weights", "ce_normalizer"], forward, image_dims)
 
@@ -151,5 +155,5 @@ def detection(forward: onnx.ModelProto, image_dims: tuple[int, int, int], levels
         huber = losses.huber(b, deltas, box_target, box_weight, POSITIVE_NORMALIZER)
         parts[f"loss_focal_level_{level}"] = b.op("Mul", [focal, HEAD_WEIGHTS[0]], f"focal_level_{level}")
         parts[f"loss_huber_level_{level}"] = b.op("Mul", [huber, HEAD_WEIGHTS[1]], f"huber_level_{level}")
-    weights = trainable if trainable is not None else g.weight_names(model)
+    weights = trainable if trainable is not None else g.weight_names(forward)
     return _finish(model, b, parts, weights, [*inputs, POSITIVE_NORMALIZER, *HEAD_WEIGHTS], forward, image_dims)

@@ -240,8 +240,9 @@ def test_bundled_models_export_parity(tmp_path: Path, name: str) -> None:
 
 
 def test_untrainable_operator_is_refused_naming_node_and_operator(tmp_path: Path) -> None:
-    network = with_node(torch_style(), "/relu/Relu_output_0", "HardSwish")
-    with pytest.raises(dl.DLModelFileError, match=r"'inserted_HardSwish' \(HardSwish\).*no gradient for HardSwish"):
+    network = with_node(torch_style(), "/relu/Relu_output_0", "Softplus")
+    with pytest.raises(dl.DLModelFileError, match=r"'inserted_Softplus' \(Softplus\).*no gradient for Softplus "
+                                                  r"\(no training rewrite exists for Softplus\)"):
         _read(tmp_path, network)
 
 
@@ -252,7 +253,7 @@ def test_untrainable_operator_before_the_first_weight_is_fine(tmp_path: Path) ->
     assert np.isfinite(dl.train_dl_model_batch(model, _samples(2, [0, 1]))["total_loss"])
 
 
-def test_resize_is_refused(tmp_path: Path) -> None:
+def test_resize_without_a_rewrite_is_refused_saying_why(tmp_path: Path) -> None:
     network = torch_segmentation()
     scales = numpy_helper.from_array(np.array([1, 1, 1, 1], np.float32), "scales")
     network.graph.initializer.append(scales)
@@ -260,7 +261,29 @@ def test_resize_is_refused(tmp_path: Path) -> None:
     node = next(n for n in network.graph.node if n.name == "inserted_Identity")
     node.op_type = "Resize"
     node.input.extend(["", "scales"])
-    with pytest.raises(dl.DLModelFileError, match="no gradient for Resize"):
+    node.attribute.append(helper.make_attribute("mode", "cubic"))
+    with pytest.raises(dl.DLModelFileError, match=r"no gradient for Resize \(mode 'cubic' is not rewritten"):
+        _read(tmp_path, network, "segmentation")
+
+
+def test_resize_with_sizes_from_image_values_is_refused_at_read(tmp_path: Path) -> None:
+    """A rewrite that needs sizes runs once at read when the export fixes H and W: sizes computed from
+    image values (here: the shape plus 0 * max(image)) cannot be fixed for training."""
+    network = torch_segmentation(size=SIZE)
+    network = with_node(network, "er", "Identity")
+    node = next(n for n in network.graph.node if n.name == "inserted_Identity")
+    node.op_type, node.name = "Resize", "upsample"
+    node.input.extend(["", "", "sizes"])
+    network.graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    sizes = [helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+             helper.make_node("Mul", ["peak", "zero"], ["nothing"]),
+             helper.make_node("Cast", ["nothing"], ["nothing_int"], to=TensorProto.INT64),
+             helper.make_node("Shape", ["er"], ["er_shape"]),
+             helper.make_node("Add", ["er_shape", "nothing_int"], ["sizes"])]
+    index = next(i for i, n in enumerate(network.graph.node) if n.name == "upsample")
+    for offset, extra in enumerate(sizes):
+        network.graph.node.insert(index + offset, extra)
+    with pytest.raises(dl.DLModelFileError, match=r"'upsample' \(Resize\).*depends on the image values"):
         _read(tmp_path, network, "segmentation")
 
 
