@@ -28,9 +28,7 @@ def _batch() -> list[dict]:
 @pytest.mark.parametrize("name", [
     "resnet18", "mobilenet_v2",
     "efficientnet_b0",  # SiLU and squeeze-and-excitation gates (GlobalAveragePool inside every block)
-    pytest.param("convnext_tiny", marks=pytest.mark.xfail(
-        strict=True, raises=dl.DLModelFileError,
-        reason="LayerNormalization trains only with the rewrites of branch i12-rewrites: remove this mark there")),
+    "convnext_tiny",  # LayerNormalization (trained through its rewrite)
 ])
 def test_zoo_backbone_docks_on_its_levels_and_trains(tmp_path, name):
     torch.manual_seed(0)

@@ -77,9 +77,7 @@ def test_mobilenet_v2_dropout_linear_head(tmp_path):
 
 @pytest.mark.parametrize("name, head", [
     ("resnet18", "fc"), ("efficientnet_b0", "classifier"),
-    pytest.param("mobilenetv3_small_100", "classifier", marks=pytest.mark.xfail(  # pool -> conv_head -> HardSwish
-        strict=True, raises=dl.DLModelFileError,
-        reason="HardSwish trains only with the rewrites of branch i12-rewrites: remove this mark there")),
+    ("mobilenetv3_small_100", "classifier"),  # pool -> conv_head -> HardSwish -> Linear
 ])
 def test_timm_pool_flatten_linear_head(tmp_path, name, head):
     """timm's SelectAdaptivePool2d (GlobalAveragePool -> Flatten) -> Linear (mobilenetv3: with a conv_head
