@@ -60,7 +60,9 @@ def export_torch(module: Any, path: str | Path, image_size: int | tuple[int, int
             layer.train()
     target = Path(path)
     example = torch.zeros(2, num_channels, height, width)  # 2: batch norm in training mode needs two values
-    with torch.no_grad(), warnings.catch_warnings():
+    # with autograd on: under no_grad, eval-mode nn.MultiheadAttention takes its fused inference path
+    # (aten::_native_multi_head_attention), which the exporter cannot write (torchvision's ViT)
+    with warnings.catch_warnings():
         # expected for this recipe, nothing the user can act on: the TorchScript exporter and its
         # training argument are deprecated (still in torch 2.14), num_batches_tracked is not exported, and
         # batch norm's check of its batch size (torch.nn.functional) is traced as a constant

@@ -21,6 +21,9 @@ def _trains_like_pytorch(result: zoo.CaseResult) -> None:
     assert result.params_onnx_dl == result.params_torch
     assert result.loss_matches, (result.loss_onnx_dl, result.loss_torch, result.loss_torch64)
     assert all(math.isfinite(loss) for loss in result.losses), result.losses
+    # after one step float32 itself drifts (batch norm over few values): a loose bound that an untrained
+    # layer or a wrong gradient breaks, the exact numbers in the matrix (tools/zoo_matrix.py)
+    assert result.second_loss_rel_diff <= 1e-2, (result.losses[1], result.second_loss_torch)
     assert result.written_vs_apply <= 1e-5
 
 

@@ -9,8 +9,8 @@ the model and run the written file in plain onnxruntime against ``apply_dl_model
 promises, and ``tools/zoo_matrix.py`` prints the whole matrix with step-time ratios.
 
 Networks are randomly initialised (no download), small images, batch 2. BatchNorm parameters and
-running statistics, and biases that PyTorch initialises to zero, are randomised before export, and every
-other parameter is scaled by 1 + 5 % noise, as pretrained weights would be: with PyTorch's initial values
+running statistics are randomised before export, parameters PyTorch initialises to zero get small random
+values, and every other parameter is scaled by 1 + 5 % noise, as pretrained weights would be: with PyTorch's initial values
 every batch norm looks the same (which hides wrong wiring), the dynamo exporter drops all-zero biases, and
 both exporters merge parameters of equal value. The ``eval_nofold`` recipe keeps PyTorch's initial values,
 so that it meets the TorchScript exporter's merging of equal tensors through ``Identity`` nodes at scale.
@@ -109,12 +109,13 @@ def network(name: str, seed: int = 0, pretrained_like: bool = True) -> nn.Module
     if not pretrained_like:
         return net
     with torch.no_grad():
-        for parameter in net.parameters():  # no two tensors equal, as in pretrained weights
-            parameter.mul_(1.0 + 0.05 * torch.randn(parameter.shape, generator=generator))
+        for parameter in net.parameters():  # no two tensors equal and none zero, as in pretrained weights
+            noise = torch.randn(parameter.shape, generator=generator)
+            if parameter.any():
+                parameter.mul_(1.0 + 0.05 * noise)
+            else:  # zero-initialised biases and heads (ViT's): zero scores would make every loss log(K)
+                parameter.copy_(0.01 * noise)
         for module in net.modules():
-            if getattr(module, "bias", None) is not None and isinstance(module.bias, torch.Tensor) \
-                    and not module.bias.any():  # pretrained biases are not zero (the dynamo exporter drops zero ones)
-                module.bias.copy_(0.01 * torch.randn(module.bias.shape, generator=generator))
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 n = module.num_features
                 module.weight.copy_(0.5 + torch.rand(n, generator=generator))
@@ -145,6 +146,7 @@ class CaseResult:
     loss_onnx_dl: float = float("nan")
     loss_torch: float = float("nan")
     loss_torch64: float = float("nan")  # the same step in float64: how far float32 itself is off
+    second_loss_torch: float = float("nan")  # PyTorch's loss after one SGD step (the gradients, end to end)
     params_onnx_dl: int = -1
     params_torch: int = -1
     losses: list[float] = field(default_factory=list)
@@ -166,6 +168,11 @@ class CaseResult:
     def torch_float32_error(self) -> float:
         """PyTorch's own float32 loss against its float64 loss (relative)."""
         return abs(self.loss_torch - self.loss_torch64) / abs(self.loss_torch64)
+
+    @property
+    def second_loss_rel_diff(self) -> float:
+        """onnx_dl's loss after one SGD step against PyTorch's."""
+        return abs(self.losses[1] - self.second_loss_torch) / abs(self.second_loss_torch)
 
     @property
     def loss_matches(self) -> bool:
@@ -191,12 +198,12 @@ def samples(name: str, seed: int = 0) -> tuple[list[dict[str, Any]], torch.Tenso
 def torch_step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, lr: float) -> float:
     """One PyTorch training step (train mode, mean cross-entropy, SGD momentum 0.9); the loss before it."""
     net.train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, dampening=0.0)
     loss = F.cross_entropy(net(images), labels)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _scores(model: dl.DLModel, batch: list[dict[str, Any]]) -> np.ndarray:
@@ -256,6 +263,8 @@ def run_case(name: str, recipe: str, folder: Path, steps: int = 5, lr: float = 0
             reference = copy.deepcopy(net).double().train()
             result.loss_torch64 = float(F.cross_entropy(reference(images.double()), labels))
         result.loss_torch = torch_step(net, images, labels, lr)
+        with torch.no_grad():
+            result.second_loss_torch = float(F.cross_entropy(net.train()(images), labels))
         result.stage = "steps"
         result.losses = [first["total_loss"]] + [dl.train_dl_model_batch(model, batch)["total_loss"]
                                                  for _ in range(steps - 1)]
