@@ -17,8 +17,8 @@ P_t counts the positive anchors of the whole step (all chunks of ``batch_size_mu
 the chunks' gradients still add up to the gradient of the whole batch. The per-step count alone
 (``max(P_t, 1)``, the original RetinaNet paper's normaliser) divides the background loss of a
 step whose images hold no object by 1 instead of by about the usual count: that step's loss and
-gradient jump a hundredfold and can knock a trained detector off; the average moves by at most
-10 % per step. Since average_0 >= 1 and max(P_t, 1) >= 1, the average never falls below 1.
+gradient jump a hundredfold and can knock a trained detector off; such a step lowers the average
+by less than 10 %. Since average_0 >= 1 and max(P_t, 1) >= 1, the average never falls below 1.
 ``average_t`` is the model's read-only parameter ``positive_anchor_average``; it is written with
 the solver state, so a resumed run continues bit for bit.
 """

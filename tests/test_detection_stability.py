@@ -52,8 +52,11 @@ def test_a_background_step_weighs_like_a_normal_step_under_the_average_not_a_hun
     the positive count of a normal step, here > 20) times larger than divided by the average; under
     the average the step's loss is below the mean loss of the last steps."""
     model = _detector()
-    losses = [dl.train_dl_model_batch(model, b)["total_loss"] for b in _batches(60, seed=3)
-              if any(len(s["bbox_row1"]) for s in b)]
+    losses = []
+    for batch in _batches(60, seed=3):
+        loss = dl.train_dl_model_batch(model, batch)["total_loss"]
+        if any(len(s["bbox_row1"]) for s in batch):
+            losses.append(loss)
     mean = float(np.mean(losses[-10:]))
     dl.write_dl_model(model, tmp_path / "m.onnx")
     twin = dl.read_dl_model(tmp_path / "m.onnx")  # the same model, bit for bit
