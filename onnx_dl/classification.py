@@ -46,15 +46,17 @@ def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
     return training_graph.classification(network, dims, len(params["class_ids"]), trainable)
 
 
-def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: int) -> tuple[list[list[np.ndarray]], bool]:
-    """Feeds of each chunk (image, labels, class weights, the step-wide normaliser sum_n w[y_n]) and
-    whether the step carries any weight (samples whose classes all weigh 0 do not)."""
+def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any],
+                 chunks: int) -> tuple[list[list[np.ndarray]], bool, dict[str, Any]]:
+    """Feeds of each chunk (image, labels, class weights, the step-wide normaliser sum_n w[y_n]),
+    whether the step carries any weight (samples whose classes all weigh 0 do not), and the training
+    state the step sets (none for a classifier)."""
     images = sample_checks.images(samples, params)
     labels = sample_checks.label_indices(samples, params["class_ids"])
     weights = class_weight_array(params)
     normalizer, informative = sample_checks.weight_normalizer(weights[labels])
     feeds = [(images, True), (labels, True), (weights, False), (normalizer, False)]
-    return sample_checks.split_chunks(feeds, chunks), informative
+    return sample_checks.split_chunks(feeds, chunks), informative, {}
 
 
 def results(scores: list[np.ndarray], params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:

@@ -6,9 +6,21 @@ logits), then the box deltas (N, A*4, H_L, W_L); A = anchor_num_subscales *
 len(anchor_aspect_ratios) anchors per cell, K classes.
 
 Training targets come from :func:`onnx_dl.anchors.detection_targets` over all samples of the
-step. The focal loss is normalised by the number of positive anchors of the whole step (all
-chunks, at least 1), not of each chunk, so the chunks' gradients add up to the gradient of the
-whole batch; with ``batch_size_multiplier`` 1 and one chunk this is RetinaNet's per-batch count.
+step. The focal and Huber losses of every level are divided by a running average of the number
+of positive anchors per step (detectron2's RetinaNet convention), updated once per step before
+the step's losses are computed:
+
+    average_t = 0.9 * average_{t-1} + 0.1 * max(P_t, 1),   average_0 = 100
+    L_focal = sum FL / average_t,   L_huber = sum h / average_t
+
+P_t counts the positive anchors of the whole step (all chunks of ``batch_size_multiplier``), so
+the chunks' gradients still add up to the gradient of the whole batch. The per-step count alone
+(``max(P_t, 1)``, the original RetinaNet paper's normaliser) divides the background loss of a
+step whose images hold no object by 1 instead of by about the usual count: that step's loss and
+gradient jump a hundredfold and can knock a trained detector off; such a step lowers the average
+by less than 10 %. Since average_0 >= 1 and max(P_t, 1) >= 1, the average never falls below 1.
+``average_t`` is the model's read-only parameter ``positive_anchor_average``; it is written with
+the solver state, so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -33,6 +45,8 @@ RESULT_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_class_i
 BOX_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
 LABEL_KEY = "bbox_label_id"
 BOX_TOLERANCE = 0.01  # pixels a box may reach beyond the image border -0.5 .. size - 0.5 (rounding)
+NORMALIZER_MOMENTUM = 0.9  # of the positive-anchor average (detectron2's RetinaNet); 0 gives the per-step count
+NORMALIZER_PARAM = "positive_anchor_average"  # its start value is the parameter's default, 100 (detectron2's)
 
 
 def levels(params: dict[str, Any]) -> list[int]:
@@ -191,11 +205,18 @@ def focal_weights(level: dict[str, np.ndarray], alphas: np.ndarray) -> np.ndarra
     return (level["cls_weight"] * (target * per_channel + (1.0 - target) * (1.0 - per_channel))).astype(np.float32)
 
 
+def positive_average(previous: float, positives: int) -> float:
+    """The running average of positive anchors after a step with ``positives`` of them (module
+    docstring): NORMALIZER_MOMENTUM * previous + (1 - NORMALIZER_MOMENTUM) * max(positives, 1)."""
+    return NORMALIZER_MOMENTUM * float(previous) + (1.0 - NORMALIZER_MOMENTUM) * float(max(positives, 1))
+
+
 def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any],
-                 chunks: int) -> tuple[list[list[np.ndarray]], bool]:
+                 chunks: int) -> tuple[list[list[np.ndarray]], bool, dict[str, Any]]:
     """Feeds of each chunk: the image, per level (class targets, focal weights, box targets, box
-    weights), the number of positive anchors of the whole step (at least 1), the two head weights;
-    and whether the step carries any weight."""
+    weights), the loss normaliser (the positive-anchor average updated with the whole step's count),
+    the two head weights; whether the step carries any weight; and the training state the step sets
+    once it has succeeded (``positive_anchor_average``)."""
     images = sample_checks.images(samples, params)
     boxes, classes = sample_boxes(samples, params)
     targets, positives = anchor_targets.detection_targets(boxes, classes, params)
@@ -207,10 +228,11 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any],
         weight += float(focal.sum()) * params["class_heads_weight"] + float(level["box_weight"].sum()) * params[
             "bbox_heads_weight"]
         feeds += [(level["cls_target"], True), (focal, True), (level["box_target"], True), (level["box_weight"], True)]
-    feeds += [(np.array(max(positives, 1), np.float32), False),
+    average = positive_average(params[NORMALIZER_PARAM], positives)
+    feeds += [(np.array(average, np.float32), False),
               (np.array(params["class_heads_weight"], np.float32), False),
               (np.array(params["bbox_heads_weight"], np.float32), False)]
-    return sample_checks.split_chunks(feeds, chunks), weight > 0
+    return sample_checks.split_chunks(feeds, chunks), weight > 0, {NORMALIZER_PARAM: average}
 
 
 def results(outputs: list[np.ndarray], params: dict[str, Any], keys: list[str]) -> list[dict[str, Any]]:

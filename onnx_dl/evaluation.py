@@ -220,6 +220,12 @@ def main_measure(model_type: str) -> tuple[str, Any]:
     return name, lambda new, old: new > old
 
 
+EVALUATION_MIN_CONFIDENCE = 0.05
+"""The score floor of the detections an evaluation ranks: the test threshold of RetinaNet in
+detectron2 and torchvision. AP integrates precision over the whole recall range, so it needs the
+low-confidence tail that HALCON's display default ``min_confidence`` 0.5 cuts off."""
+
+
 def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: str = "validation",
                       samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The measures of ``model`` on the ``split`` of ``dataset`` (or on preprocessed ``samples``).
@@ -227,8 +233,14 @@ def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: 
     Classification: :func:`classification_measures`; segmentation: :func:`segmentation_measures`;
     detection: :func:`detection_measures`. Dataset images are read and preprocessed to the
     model's size and value range first.
+
+    A detector is evaluated on all its detections scoring at least
+    :data:`EVALUATION_MIN_CONFIDENCE` (0.05, COCO practice), whatever its ``min_confidence``
+    (which applies to ``apply_dl_model`` only and is not changed); NMS and ``max_num_detections``
+    are the model's. So the measure describes the model, not the display threshold, and
+    ``train_dl_model``'s validation measures the same way.
     """
-    from .operators import apply_dl_model
+    from .operators import apply_with
 
     if samples is None:
         if dataset is None:
@@ -241,7 +253,8 @@ def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: 
             raise DLSampleError(f"evaluate_dl_model: the dataset has no {split!r} samples")
         samples = preprocess_dl_samples(gen_dl_samples(dataset, indices), model.params)
     params = model.params
-    results = apply_dl_model(model, samples)
+    floor = {"min_confidence": EVALUATION_MIN_CONFIDENCE} if params["type"] == "detection" else None
+    results = apply_with(model, samples, overrides=floor)
     if params["type"] == "classification":
         return classification_measures(results, samples, params["class_ids"])
     if params["type"] == "segmentation":

@@ -79,7 +79,8 @@ def sigmoid_focal(b: GraphBuilder, logits: str, targets: str, weights: str, norm
 
     ``weights`` (same shape) carries everything else per element: the anchor weight (0 for ignored
     anchors) times alpha_c for y = 1 and 1 - alpha_c for y = 0, folded in on the host so that a
-    new alpha needs no new graph. ``normalizer`` is a scalar (the number of positive anchors).
+    new alpha needs no new graph. ``normalizer`` is a scalar (a detector feeds the running average of
+    positive anchors per step, see :mod:`onnx_dl.detection`).
     log p = -relu(-x) - log(1 + exp(-|x|)) and log(1 - p) = -relu(x) - log(1 + exp(-|x|)) stay
     finite for any finite x. (At exactly x = 0 the engine's gradients of relu and |x| are 0, so the
     derivative there reads 0 instead of the limit; a float32 logit of exactly 0.0 does not occur in
@@ -109,7 +110,7 @@ def huber(b: GraphBuilder, predictions: str, targets: str, weights: str, normali
 
     computed without branches as m = min(a, beta) = beta - relu(beta - a),
     h = 0.5 * m^2 / beta + (a - m). ``weights`` is 1 for the coordinates of positive anchors and 0
-    elsewhere; ``normalizer`` is a scalar (the number of positive anchors).
+    elsewhere; ``normalizer`` is a scalar (as for :func:`sigmoid_focal`).
     """
     magnitude = b.op("Abs", [b.op("Sub", [predictions, targets])], "huber_abs")
     transition = b.const(float(beta), "huber_beta")

@@ -162,6 +162,15 @@ class DLModel:
             raise DLModelFileError(f"stored solver state: unknown solver {kind!r} or step count {steps}")
         self._resume = (kind, steps, state)
 
+    def set_training_state(self, values: dict[str, Any]) -> None:
+        """Record the training state a successful step computed (read-only parameters listed in
+        ``params.TRAINING_STATE``, e.g. a detector's ``positive_anchor_average``)."""
+        unknown = set(values) - set(P.TRAINING_STATE)
+        if unknown:
+            raise DLParamError(f"set_training_state: {sorted(unknown)} are not training state")
+        if values:
+            self._params = dict(self._params, **values)
+
     def weights_changed(self) -> None:
         """Note that a training step changed the weights held by the engine."""
         self._weights_changed = True

@@ -55,17 +55,20 @@ def train_dl_model_batch(model: DLModel, samples: list[dict[str, Any]]) -> dict[
     forward and backward, their gradients add up to the gradient of the whole batch's loss, and
     one solver update follows. Returns ``total_loss`` and its parts (``loss_<name>``), which sum
     to it. A step whose samples all weigh 0 (every class weight 0, every pixel ignored) reports a
-    cross-entropy of 0 and applies no update. On any error the model is left exactly as it was.
+    cross-entropy of 0 and applies no update. A detector's step also updates the read-only
+    ``positive_anchor_average`` that divides its losses (see :mod:`onnx_dl.detection`). On any
+    error the model is left exactly as it was.
     """
     with _model(model).lock:
         params = model.params
         batch = sample_checks.check_sample_list(samples, "train_dl_model_batch")
         chunks = sample_checks.chunk_count(len(batch), params["batch_size"], params["batch_size_multiplier"])
-        feeds, informative = model.kind.train_chunks(batch, params, chunks)
+        feeds, informative, state = model.kind.train_chunks(batch, params, chunks)
         trainer = model.trainer()
         result = trainer.step(feeds, params, update=informative)
         if informative:
             model.weights_changed()
+            model.set_training_state(state)
         return result
 
 
@@ -79,8 +82,15 @@ def apply_dl_model(model: DLModel, samples: list[dict[str, Any]], outputs: list[
     and ``bbox_confidence`` (after ``min_confidence``, NMS and ``max_num_detections``), by
     descending confidence. ``outputs`` selects keys.
     """
+    return apply_with(model, samples, outputs)
+
+
+def apply_with(model: DLModel, samples: list[dict[str, Any]], outputs: list[str] | None = None,
+               overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``apply_dl_model`` with some post-processing parameters (e.g. ``min_confidence``) replaced for
+    this call only: ``overrides`` never reach the model, whose parameters stay as they are."""
     with _model(model).lock:
-        params = model.params
+        params = dict(model.params, **(overrides or {}))
         batch = sample_checks.check_sample_list(samples, "apply_dl_model")
         keys = list(model.kind.RESULT_KEYS) if outputs is None else list(outputs)
         images = sample_checks.images(batch, params)

@@ -145,6 +145,10 @@ SPECS: dict[str, ParamSpec] = {
                   "(1.0: off)", _closed_unit_interval, types=DETECTION),
         ParamSpec("max_num_detections", "int", 100, "at most this many boxes per image", _at_least(1),
                   types=DETECTION),
+        ParamSpec("positive_anchor_average", "float", 100.0, "running average of the positive anchors per training "
+                  "step, the divisor of the focal and Huber losses (read-only; training state: 100 before the first "
+                  "step, then 0.9 * average + 0.1 * max(positives of the step, 1))", _at_least(1.0), types=DETECTION,
+                  settable=False),
     ]
 }
 
@@ -160,6 +164,10 @@ FIXED_AFTER_CREATION = {
 
 # Parameters that are stored in the model; the others are derived on read.
 DERIVED = ("num_classes", "image_dimensions", "num_trainable_params")
+
+# Training state kept as read-only parameters: changed by training steps, written with the solver state
+# (``write_dl_model(..., include_solver_state=False)`` leaves them out, so training restarts from the default).
+TRAINING_STATE = ("positive_anchor_average",)
 
 
 def spec(name: str, model_type: str) -> ParamSpec:

@@ -56,15 +56,17 @@ def pixel_weights(indices: np.ndarray, weights: list[np.ndarray | None], per_cla
     return result.astype(np.float32)
 
 
-def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any], chunks: int) -> tuple[list[list[np.ndarray]], bool]:
-    """Feeds of each chunk and whether the step carries any weight (an all-ignored step does not)."""
+def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any],
+                 chunks: int) -> tuple[list[list[np.ndarray]], bool, dict[str, Any]]:
+    """Feeds of each chunk, whether the step carries any weight (an all-ignored step does not), and the
+    training state the step sets (none for segmentation)."""
     shape = (params["image_height"], params["image_width"])
     images = sample_checks.images(samples, params)
     indices = sample_checks.label_image_indices(samples, params["class_ids"], params["ignore_class_ids"], shape)
     weights = pixel_weights(indices, sample_checks.weight_images(samples, shape), class_weight_array(params))
     normalizer, informative = sample_checks.weight_normalizer(weights)
     feeds = [(images, True), (np.maximum(indices, 0), True), (weights, True), (normalizer, False)]
-    return sample_checks.split_chunks(feeds, chunks), informative
+    return sample_checks.split_chunks(feeds, chunks), informative, {}
 
 
 def results(scores: list[np.ndarray], params: dict[str, Any], outputs: list[str]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from . import __version__, detection_export
 from .errors import DLModelFileError, DLParamError
 from .model import DLModel, from_network
+from .params import TRAINING_STATE
 
 MAX_FILE_SIZE = 2**31  # bytes read without explicit consent (max_file_size=None)
 METADATA_KEY = "onnx_dl"
@@ -173,7 +174,8 @@ def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_
     ``apply_dl_model`` computes from. Unless ``include_solver_state`` is False, the solver state
     (SGD velocity or Adam moments and step count) goes into the metadata too (key
     ``onnx_dl.solver_state``, an .npz archive in base64), so ``read_dl_model`` continues training
-    exactly where it stopped.
+    exactly where it stopped; so does the training state kept as read-only parameters (a
+    detector's ``positive_anchor_average``), which is left out with the solver state.
 
     ``postprocess=True`` (detectors only) writes instead a graph ending in the final boxes:
     decoding, ``min_confidence``, per-class and class-agnostic ``NonMaxSuppression`` and
@@ -182,7 +184,8 @@ def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_
     read back for training. Written atomically: a temporary file in the target folder, then a rename.
     """
     with model.lock:
-        info: dict[str, Any] = {"format": FORMAT_VERSION, "version": __version__, "params": dict(model.params)}
+        params = {k: v for k, v in model.params.items() if include_solver_state or k not in TRAINING_STATE}
+        info: dict[str, Any] = {"format": FORMAT_VERSION, "version": __version__, "params": params}
         if postprocess:
             if model.params["type"] != "detection":
                 raise DLParamError(f"write_dl_model: postprocess=True applies to detection models, not to a "

@@ -86,8 +86,9 @@ def segmentation_samples(count: int, size: int = 64, seed: int = 0, max_shapes: 
 
 
 def detection_samples(count: int, size: int = 128, seed: int = 0, max_shapes: int = 4,
-                      class_ids: tuple[int, ...] = (0, 1, 2)) -> list[dict[str, Any]]:
-    """``count`` samples with 1 to ``max_shapes`` shapes each, one box per shape.
+                      class_ids: tuple[int, ...] = (0, 1, 2), min_shapes: int = 1) -> list[dict[str, Any]]:
+    """``count`` samples with ``min_shapes`` to ``max_shapes`` shapes each, one box per shape
+    (``min_shapes=0, max_shapes=0``: background images holding no object at all).
 
     Class ``class_ids[i]`` is the shape ``SHAPES[i]`` (circle, square, triangle). Boxes are the
     tight extent of each shape's pixels in HALCON's pixel-centred convention (pixel (r, c) covers
@@ -96,6 +97,8 @@ def detection_samples(count: int, size: int = 128, seed: int = 0, max_shapes: in
     """
     if not 1 <= len(class_ids) <= len(SHAPES):
         raise ValueError(f"between 1 and {len(SHAPES)} classes, got {len(class_ids)}")
+    if not 0 <= min_shapes <= max_shapes:
+        raise ValueError(f"expected 0 <= min_shapes <= max_shapes, got {min_shapes} and {max_shapes}")
     rng = np.random.default_rng(seed)
     result = []
     for index in range(count):
@@ -103,7 +106,7 @@ def detection_samples(count: int, size: int = 128, seed: int = 0, max_shapes: in
         taken = np.zeros((size, size), bool)
         boxes: list[list[float]] = []
         labels: list[int] = []
-        for _ in range(rng.integers(1, max_shapes + 1)):
+        for _ in range(rng.integers(min_shapes, max_shapes + 1)):
             label = int(rng.integers(0, len(class_ids)))
             radius = rng.uniform(0.08, 0.2) * size
             row, col = rng.uniform(radius, size - radius, 2)

@@ -100,7 +100,9 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
     learning rate follows ``schedule`` ('step': ``step_epochs``, ``gamma``; 'cosine':
     ``minimum``) from the model's learning rate at the start. Every ``evaluate_every`` epochs
     (and after the last) the model is evaluated on the 'validation' split (the training split
-    when there is none) and, if its main measure is the best so far, written to
+    when there is none; a detector on all detections down to
+    ``evaluation.EVALUATION_MIN_CONFIDENCE``, whatever its ``min_confidence``, see
+    :func:`~onnx_dl.evaluation.evaluate_dl_model`) and, if its main measure is the best so far, written to
     ``output_dir/best_model.onnx``. ``output_dir`` also gets ``log.csv`` (one row per step,
     flushed) and, with matplotlib installed, ``training.png``.
     """

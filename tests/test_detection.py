@@ -77,13 +77,21 @@ def tiny_samples(count: int, seed: int = 0, scale: float = 1.0, max_boxes: int =
     return samples
 
 
-def reference(model: dl.DLModel, samples: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def positive_average(previous: float, positives: int) -> float:
+    """The running average of positive anchors (detectron2's RetinaNet): 0.9 * previous + 0.1 * max(P, 1)."""
+    return 0.9 * previous + 0.1 * max(positives, 1)
+
+
+def reference(model: dl.DLModel, samples: list[dict[str, Any]],
+              norm: float | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Losses and weight gradients of the tiny detector, in float64, from the formulas:
 
         FL = w [y (1-p)^2 (-log p) + (1-y) p^2 (-log(1-p))], w = anchor weight * (alpha if y else 1 - alpha)
         dFL/dz = w [y (1-p)^2 (2 p log p - (1-p)) + (1-y) p^2 (p - 2 (1-p) log(1-p))]
         h(d) = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta,  h'(d) = d / beta or sign(d)
-    each summed and divided by the number of positive anchors (>= 1), times the head weight.
+    each summed and divided by ``norm``, times the head weight. ``norm`` defaults to the running
+    average of positive anchors after this step: :func:`positive_average` of the model's
+    ``positive_anchor_average`` and the step's positive count.
     """
     params = model.params
     w = {name: value.astype(np.float64) for name, value in weights(model).items()}
@@ -91,7 +99,8 @@ def reference(model: dl.DLModel, samples: list[dict[str, Any]]) -> tuple[dict[st
     boxes = [np.stack([s[k] for k in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")], 1) for s in samples]
     classes = [np.searchsorted([3, 7], s["bbox_label_id"]) for s in samples]
     targets, positives = anchors.detection_targets(boxes, classes, params)
-    norm = max(positives, 1)
+    if norm is None:
+        norm = positive_average(params["positive_anchor_average"], positives)
     alpha = np.tile(np.asarray(params["class_weights"]), A)[None, :, None, None]
     beta = 0.11
     losses: dict[str, float] = {}
@@ -148,16 +157,90 @@ def test_focal_and_huber_values_and_gradients_match_reference(scale):
 
 
 def test_chunks_add_up_to_the_whole_batch():
-    """batch_size 2 x multiplier 2 equals one step of 4: one positive count for the whole step."""
-    samples = tiny_samples(4, seed=3)
+    """batch_size 2 x multiplier 2 equals one step of 4: one positive count for the whole step, one
+    update of the running average per step."""
     chunked = tiny_model(batch_size=2, batch_size_multiplier=2, solver_type="adam", learning_rate=0.01)
     whole = tiny_model(solver_type="adam", learning_rate=0.01)
-    for _ in range(3):
+    for seed in (3, 3, 30, 3):
+        samples = tiny_samples(4, seed=seed)
         a, b = dl.train_dl_model_batch(chunked, samples), dl.train_dl_model_batch(whole, samples)
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=RTOL, abs=1e-7), key
+        average = dl.get_dl_model_param(whole, "positive_anchor_average")
+        assert dl.get_dl_model_param(chunked, "positive_anchor_average") == average
     for name, value in weights(whole).items():
         np.testing.assert_allclose(weights(chunked)[name], value, rtol=RTOL, atol=1e-7)
+
+
+def _empty(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples with every box removed."""
+    return [{**s, **{k: np.zeros(0) for k in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")},
+             "bbox_label_id": np.zeros(0, np.int64)} for s in samples]
+
+
+def test_the_positive_anchor_average_follows_its_formula_step_by_step():
+    """Losses and gradients of consecutive steps, one of them without any box, against the reference
+    with the running average 100 -> 0.9 a + 0.1 max(P, 1) computed in NumPy."""
+    model = tiny_model(learning_rate=1.0, momentum=0.0, class_heads_weight=0.7, bbox_heads_weight=1.3)
+    assert dl.get_dl_model_param(model, "positive_anchor_average") == 100.0
+    average = 100.0
+    for step, samples in enumerate([tiny_samples(4, seed=40), _empty(tiny_samples(4, seed=41)),
+                                    tiny_samples(4, seed=42, max_boxes=1)]):
+        boxes = [np.stack([s[k] for k in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")], 1) for s in samples]
+        positives = anchors.detection_targets(boxes, [np.searchsorted([3, 7], s["bbox_label_id"]) for s in samples],
+                                              model.params)[1]
+        average = 0.9 * average + 0.1 * max(positives, 1)
+        expected, grads = reference(model, samples, norm=average)
+        before = {k: v.astype(np.float64) for k, v in weights(model).items()}
+        result = dl.train_dl_model_batch(model, samples)
+        for key, value in expected.items():
+            assert result[key] == pytest.approx(value, rel=RTOL, abs=1e-12), (step, key)
+        after = weights(model)
+        for name, grad in grads.items():
+            np.testing.assert_allclose(before[name] - after[name], grad, rtol=RTOL,
+                                       atol=1e-6 * max(1.0, float(np.abs(grad).max())))
+        assert dl.get_dl_model_param(model, "positive_anchor_average") == pytest.approx(average, rel=1e-14), step
+    with pytest.raises(dl.DLParamError, match="read-only"):
+        dl.set_dl_model_param(model, "positive_anchor_average", 5.0)
+
+
+def test_the_average_resumes_bit_exactly_and_is_left_out_with_the_solver_state(tmp_path):
+    batches = [tiny_samples(4, seed=70 + i) for i in range(5)]
+    batches[2] = _empty(batches[2])
+    straight, first = tiny_model(solver_type="adam"), tiny_model(solver_type="adam")
+    expected = [dl.train_dl_model_batch(straight, b) for b in batches]
+    for b in batches[:3]:
+        dl.train_dl_model_batch(first, b)
+    dl.write_dl_model(first, tmp_path / "halfway.onnx")
+    dl.write_dl_model(first, tmp_path / "slim.onnx", include_solver_state=False)
+    resumed = dl.read_dl_model(tmp_path / "halfway.onnx")
+    assert resumed.params == first.params
+    assert [dl.train_dl_model_batch(resumed, b) for b in batches[3:]] == expected[3:]
+    assert resumed.params["positive_anchor_average"] == straight.params["positive_anchor_average"]
+    for name, value in weights(straight).items():
+        assert np.array_equal(weights(resumed)[name], value), name
+    assert dl.get_dl_model_param(dl.read_dl_model(tmp_path / "slim.onnx"), "positive_anchor_average") == 100.0
+
+
+def test_a_failed_step_leaves_the_average_as_it_was(monkeypatch):
+    from onnx_dl.backend import TrainingSession
+
+    model = tiny_model(batch_size=2, batch_size_multiplier=2)
+    dl.train_dl_model_batch(model, tiny_samples(4, seed=80))
+    before = snapshot(model)
+    real_run, calls = TrainingSession.run, []
+
+    def run_then_fail(self, feeds):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stop")
+        return real_run(self, feeds)
+
+    monkeypatch.setattr(TrainingSession, "run", run_then_fail)
+    with pytest.raises(RuntimeError):
+        dl.train_dl_model_batch(model, tiny_samples(4, seed=81))
+    assert_unchanged(before, model)
+    assert model.params["positive_anchor_average"] == before["params"]["positive_anchor_average"]
 
 
 def test_loss_hyper_parameters_change_without_rebuild():
@@ -177,8 +260,7 @@ def test_loss_hyper_parameters_change_without_rebuild():
 
 def test_images_without_boxes_train_on_the_focal_loss_alone():
     model = tiny_model()
-    empty = [{**s, **{k: np.zeros(0) for k in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")},
-              "bbox_label_id": np.zeros(0, np.int64)} for s in tiny_samples(4, seed=5)]
+    empty = _empty(tiny_samples(4, seed=5))
     expected, _ = reference(model, empty)
     result = dl.train_dl_model_batch(model, empty)
     assert result["loss_huber_level_1"] == 0.0 and result["loss_huber_level_2"] == 0.0
@@ -458,3 +540,43 @@ def test_freeze_backbone_keeps_the_classifier_fixed_and_trains_pyramid_and_heads
     assert moved and all(name.startswith(detector.PREFIX) for name in moved), sorted(moved)[:5]
     assert any(name.startswith(detector.PREFIX) and "bn.running" in name for name in moved)  # FPN BN trains
     assert not any("running" in name for name in moved if not name.startswith(detector.PREFIX))
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def test_evaluation_ranks_every_detection_down_to_the_floor_whatever_min_confidence():
+    """evaluate_dl_model measures the detections scoring >= EVALUATION_MIN_CONFIDENCE (0.05), not those
+    above the display threshold min_confidence, and leaves min_confidence as it was."""
+    from onnx_dl.evaluation import EVALUATION_MIN_CONFIDENCE, detection_measures, evaluate_dl_model
+
+    model = _compact(min_confidence=0.5)
+    train = detection_samples(120, 64, seed=93, max_shapes=3)
+    for step in range(30):
+        dl.train_dl_model_batch(model, train[4 * step:4 * step + 4])
+    samples = detection_samples(16, 64, seed=94, max_shapes=3)
+    measures = evaluate_dl_model(model, samples=samples)
+    assert dl.get_dl_model_param(model, "min_confidence") == 0.5
+    dl.set_dl_model_param(model, "min_confidence", 0.9)
+    again = evaluate_dl_model(model, samples=samples)
+    assert dl.get_dl_model_param(model, "min_confidence") == 0.9
+    dl.set_dl_model_param(model, "min_confidence", EVALUATION_MIN_CONFIDENCE)
+    floor_results = dl.apply_dl_model(model, samples)
+    expected = detection_measures(floor_results, samples, [0, 1, 2])
+    for key in ("map_50", "map_50_95"):
+        assert measures[key] == again[key] == pytest.approx(expected[key], rel=1e-12), key
+    dl.set_dl_model_param(model, "min_confidence", 0.5)
+    display = dl.apply_dl_model(model, samples)
+    assert sum(len(r["bbox_row1"]) for r in display) < sum(len(r["bbox_row1"]) for r in floor_results)
+    assert detection_measures(display, samples, [0, 1, 2])["map_50"] < expected["map_50"]
+
+
+def test_a_failed_evaluation_changes_nothing():
+    from onnx_dl.evaluation import evaluate_dl_model
+
+    model = tiny_model(min_confidence=0.3)
+    dl.train_dl_model_batch(model, tiny_samples(4, seed=91))
+    before = snapshot(model)
+    samples = tiny_samples(4, seed=92)
+    del samples[1]["bbox_label_id"]
+    with pytest.raises(dl.DLSampleError, match="bbox_label_id"):
+        evaluate_dl_model(model, samples=samples)
+    assert_unchanged(before, model)

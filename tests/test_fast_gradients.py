@@ -94,7 +94,7 @@ def reference_gradients(weights: dict[str, np.ndarray], images: np.ndarray,
 def engine_gradients(model: dl.DLModel, samples: list[dict]) -> tuple[float, dict[str, np.ndarray]]:
     """The cross-entropy and the gradient buffers after one forward and backward pass (no update)."""
     session = model.trainer().session
-    feeds, _ = model.kind.train_chunks(samples, model.params, 1)
+    feeds = model.kind.train_chunks(samples, model.params, 1)[0]
     outputs = session.run([*feeds[0], np.array(0.0, np.float32)])
     grads = {name: session.gradient(name).numpy().copy() for name in session.trainable}
     session.reset_grad()

@@ -227,7 +227,7 @@ class TorchSide:
         network = model.network()
         tg = model.kind.build_training_graph(freezing.training_form(network, freezing.frozen_weights(network, params)),
                                              params)
-        feeds, _ = model.kind.train_chunks(samples, params, 1)
+        feeds = model.kind.train_chunks(samples, params, 1)[0]
         self.feeds = [torch.from_numpy(np.ascontiguousarray(a)) for a in [*feeds[0], np.array(params["weight_prior"], np.float32)]]
         self.net = OnnxNet(tg.model, tg.trainable)
         weights = [self.net.parameter(name) for name in tg.trainable]
