@@ -130,7 +130,7 @@ def check_trainable(model: onnx.ModelProto) -> None:
             sized.add(node.output[0])
     dims = g.input_dims(model)
     if sized and None not in dims:  # the rewrites that read sizes, at the exported size: a refusal comes now
-        rewrites.for_training(g.with_input_shape(model, ["N", *dims]), sized)
+        rewrites.for_training(g.with_input_shape(model, [batch_axis.fixed_batch(model) or "N", *dims]), sized)
 
 
 def _differentiable(node: onnx.NodeProto) -> bool:

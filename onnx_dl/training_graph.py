@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import TensorProto
 
-from . import foreign, losses, rewrites
+from . import batch_axis, foreign, losses, rewrites
 from . import graph as g
 from .onnx_builder import GraphBuilder
 
@@ -36,7 +36,7 @@ class TrainingGraph:
 def _loss_graph(forward: onnx.ModelProto, image_dims: tuple[int, int, int]) -> tuple[onnx.ModelProto, GraphBuilder]:
     """The forward graph at the image size, with operators the engine cannot differentiate rewritten
     (:mod:`onnx_dl.rewrites`), Dropout on and no outputs yet."""
-    model = g.with_input_shape(g.inference_form(forward), ["N", *image_dims])
+    model = g.with_input_shape(g.inference_form(forward), [batch_axis.fixed_batch(forward) or "N", *image_dims])
     if any(rewrites.rule_for(node) is not None for node in model.graph.node):
         model = rewrites.for_training(model, {n.output[0] for n in foreign.gradient_nodes(model) if n.output})
     g.dropout_training(model)

@@ -148,3 +148,38 @@ def test_torchscript_sizes_traced_as_constants_keep_the_batch_fixed(tmp_path: Pa
         dl.set_dl_model_param(model, "batch_size", 4)
     dynamic = tp.export(net, tmp_path / "dynamic.onnx", "eval_nofold", SIZE)
     tp.compare(net, dynamic, SIZE, batch=3, classes=4)
+
+
+class _Upsampled(nn.Module):
+    """conv, bilinear upsampling to the input size (as torchvision's segmentation heads), conv: the dynamo
+    exporter bakes the Resize sizes [1, 4, H, W]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.out = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = nn.functional.interpolate(torch.relu(self.down(x)), size=x.shape[-2:], mode="bilinear")
+        return self.out(up)
+
+
+def test_rewrite_sized_at_the_baked_batch_trains_there_and_refuses_others(tmp_path: Path) -> None:
+    """The Resize rewrite reads its sizes at the batch the network is fixed to (the zoo's segmentation
+    networks through the dynamo exporter were refused at read: probed at 2, sizes for 1)."""
+    net = _Upsampled()
+    path = tp.export(net, tmp_path / "upsampled.onnx", "dynamo_static", SIZE)
+    resizes = [n for n in onnx.load(path).graph.node if n.op_type == "Resize"]
+    assert resizes, "the exporter no longer writes Resize: this test lost its subject"
+    model = dl.read_dl_model(path, type="segmentation")
+    assert dl.get_dl_model_param(model, "batch_size") == 1
+    with pytest.raises(dl.DLParamError, match=r"exactly 1 image.*\(Resize\).*got 2"):
+        dl.set_dl_model_param(model, "batch_size", 2)
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((SIZE, SIZE, 3)).astype(np.float32)
+    label = rng.integers(0, 3, (SIZE, SIZE))
+    loss = dl.train_dl_model_batch(model, [{"image": image, "segmentation_image": label.astype(np.uint8)}])
+    expected = nn.functional.cross_entropy(net(torch.from_numpy(image.transpose(2, 0, 1)[None].copy())),
+                                           torch.from_numpy(label[None]).long())
+    np.testing.assert_allclose(loss["total_loss"], expected.item(), rtol=1e-5)

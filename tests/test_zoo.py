@@ -21,9 +21,10 @@ def _trains_like_pytorch(result: zoo.CaseResult) -> None:
     assert result.params_onnx_dl == result.params_torch
     assert result.loss_matches, (result.loss_onnx_dl, result.loss_torch, result.loss_torch64)
     assert all(math.isfinite(loss) for loss in result.losses), result.losses
-    # after one step float32 itself drifts (batch norm over few values): a loose bound that an untrained
-    # layer or a wrong gradient breaks, the exact numbers in the matrix (tools/zoo_matrix.py)
-    assert result.second_loss_rel_diff <= 1e-2, (result.losses[1], result.second_loss_torch)
+    # the step lowers the loss as PyTorch's does (zoo.STEP_DECREASE): an untrained layer or a wrong gradient
+    # moves the decrease by its share of |g|^2, float32 noise by far less (the exact numbers: tools/zoo_matrix.py)
+    assert result.step_matches, (result.step_decrease_rel_diff, result.step_decrease_rel_diff64,
+                                 result.torch_float32_step_error)
     assert result.written_vs_apply <= 1e-5
 
 
@@ -33,7 +34,7 @@ def test_zoo(tmp_path: Path, name: str, recipe: str) -> None:
     result = zoo.run_case(name, recipe, tmp_path)
     assert "DLRuntimeError" not in result.refused, result.refused  # never an engine error
     keeps_everything = zoo.RECIPES[recipe] or not zoo.NETWORKS[name].has_batch_norm
-    if recipe == "dynamo_static" and result.refused:
+    if recipe == "dynamo_static" and result.stage == "read" and result.refused:
         # a batch the exporter baked in that onnx_dl cannot prove free: refused when the batch size is set
         assert result.stage == "read" and result.refused.startswith("DLParamError"), result.refused
         assert "batch" in result.refused

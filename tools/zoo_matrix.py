@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import zoo  # noqa: E402  (the test-side harness)
 
 COLUMNS = ["network", "recipe", "stage", "loss rel diff vs train()", "vs float64 (torch float32's own)",
-           "2nd loss rel diff", "params onnx_dl / torch", "5 steps finite",
+           "1st step decrease rel diff vs torch / vs float64 (torch float32's own)", "params onnx_dl / torch", "5 steps finite",
            "written vs apply", "ms onnx_dl / torch (ratio)", "told at read / refused"]
 
 
@@ -60,8 +60,11 @@ def row(result: dict) -> list[str]:
     rel64 = (f"{abs(result['loss_onnx_dl'] - result['loss_torch64']) / abs(result['loss_torch64']):.1e} "
              f"({abs(result['loss_torch'] - result['loss_torch64']) / abs(result['loss_torch64']):.1e})"
              if math.isfinite(result.get("loss_torch64", math.nan)) else "")
-    second = (f"{abs(losses[1] - result['second_loss_torch']) / abs(result['second_loss_torch']):.1e}"
-              if len(losses) > 1 and math.isfinite(result.get("second_loss_torch", math.nan)) else "")
+    second = ""
+    if len(losses) > 1 and math.isfinite(result.get("second_loss_torch", math.nan)):
+        case = zoo.CaseResult(**result)
+        second = (f"{case.step_decrease_rel_diff:.1e} / {case.step_decrease_rel_diff64:.1e} "
+                  f"({case.torch_float32_step_error:.1e})")
     timing = (f"{result['ms_onnx_dl']:.0f} / {result['ms_torch']:.0f} ({result['ms_onnx_dl'] / result['ms_torch']:.2f})"
               if math.isfinite(result.get("ms_onnx_dl", math.nan)) else "")
     told = "; ".join(result.get("warned", []))[:120] or result.get("refused", "")[:160]

@@ -143,7 +143,7 @@ def rewrite(node: onnx.NodeProto, ctx: Context) -> None:
     for axis, label in ((0, "batch"), (1, "channel")):
         if shape_out[axis] != shape_in[axis] or scales[axis] != F(1):
             raise RewriteRefused(f"it resizes the {label} axis ({shape_in[axis]} -> {shape_out[axis]}, scale "
-                                 f"{scales[axis]} at batch size {ctx.PROBE_BATCH}); rewritten: H and W only")
+                                 f"{scales[axis]} at batch size {ctx.probe_batch}); rewritten: H and W only")
     changed = [a for a in (3, 2) if scales[a] != F(1)] if shape_in != shape_out else []
     x = node.input[0]
     if not changed:

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .. import batch_axis
 from .. import graph as g
 from ..onnx_builder import GraphBuilder, default_opset
 
@@ -51,15 +52,17 @@ def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
 
 class Context:
     """The model being rewritten, a builder for new nodes, and the sizes and constant values of
-    tensors at the training image size (from one forward pass with batch size 2, run on demand)."""
+    tensors at the training image size (from one forward pass, run on demand, at the batch size the
+    network is fixed to, else 2)."""
 
-    PROBE_BATCH = 2
+    PROBE_BATCH = 2  # for a network whose batch axis is free
 
     def __init__(self, model: onnx.ModelProto, targets: list[onnx.NodeProto]) -> None:
         self.model = model
         self.opset = default_opset(model)
         self.builder = GraphBuilder(model.graph, prefix=PREFIX)
         self._targets = targets
+        self.probe_batch = batch_axis.fixed_batch(model) or self.PROBE_BATCH
         self._probed: dict[str, np.ndarray] | None = None
         self._constants = {i.name: i for i in model.graph.initializer}
         for node in model.graph.node:
@@ -92,7 +95,7 @@ class Context:
         return self._probe()[name]
 
     def shape(self, name: str) -> list[int]:
-        """The shape of ``name`` at the training image size with batch size ``PROBE_BATCH``."""
+        """The shape of ``name`` at the training image size with batch size ``probe_batch``."""
         if name in self._constants:
             return list(self._constants[name].dims)
         return [int(d) for d in self._probe()[f"{name}/shape"]]
@@ -115,7 +118,7 @@ class Context:
 
     def _probe(self) -> dict[str, np.ndarray]:
         if self._probed is None:
-            self._probed = _run_probe(self.model, self._targets, self._constants, self.PROBE_BATCH)
+            self._probed = _run_probe(self.model, self._targets, self._constants, self.probe_batch)
         return self._probed
 
 
