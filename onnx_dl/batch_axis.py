@@ -103,7 +103,7 @@ def fixed_batch_reason(network: onnx.ModelProto) -> str:
     probe = onnx.ModelProto.FromString(network.SerializeToString())
     _set_batch(probe, _PROBE)
     node = _lost_batch(probe)[1]
-    where = (f"node {node.name or node.output[0]!r} ({node.op_type}) drops the batch axis"
+    where = (f"node {node.name or node.output[0]!r} ({node.op_type}) writes a fixed batch size, not the input's"
              if node is not None else "a forward pass at another batch size fails")
     return (f"the network was exported for batches of exactly {size} image(s) ({where}); export it with a "
             f"dynamic batch axis (torch.onnx.export(..., dynamic_shapes=...) or dynamic_axes=..., or "

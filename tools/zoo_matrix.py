@@ -2,7 +2,8 @@
 against PyTorch and the step-time ratio against PyTorch eager (same thread count, steps interleaved).
 
     python tools/zoo_matrix.py [--networks resnet18,mobilenet_v2] [--recipes training,dynamo] [--timed 5]
-                               [--threads 2] [--markdown results.md]
+                               [--threads 2] [--markdown results.md] [--json raw.json]
+    python tools/zoo_matrix.py --from-json raw.json --markdown results.md   (the table again, from raw results)
 
 Needs the test extra (torch, torchvision). Each case runs in its own process, so that one crash (a
 signal inside the engine) is reported as a row instead of ending the run.
@@ -67,7 +68,10 @@ def row(result: dict) -> list[str]:
                   f"({case.torch_float32_step_error:.1e})")
     timing = (f"{result['ms_onnx_dl']:.0f} / {result['ms_torch']:.0f} ({result['ms_onnx_dl'] / result['ms_torch']:.2f})"
               if math.isfinite(result.get("ms_onnx_dl", math.nan)) else "")
-    told = "; ".join(result.get("warned", []))[:120] or result.get("refused", "")[:160]
+    warned = "; ".join(result.get("warned", []))
+    told = " / ".join(part for part in (f"warned: {warned[:110]}..." if warned else "",
+                                         f"refused: {result.get('refused', '')[:200]}" if result.get("refused") else "")
+                      if part)
     return [result["network"], result["recipe"], result["stage"], f"{rel:.1e}", rel64, second,
             f"{result.get('params_onnx_dl', -1)} / {result.get('params_torch', -1)}",
             str(bool(losses) and all(math.isfinite(v) for v in losses)),
@@ -83,16 +87,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", type=Path, help="write the table here too")
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--from-json", type=Path, help="only render the table of raw results written before")
     args = parser.parse_args()
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     print(lines[0], lines[1], sep="\n", flush=True)
     results = []
-    for name in args.networks.split(","):
-        for recipe in args.recipes.split(","):
-            result = run(name, recipe, args.timed, args.threads)
-            results.append(result)
-            lines.append("| " + " | ".join(row(result)) + " |")
-            print(lines[-1], flush=True)
+    cases = ([(r["network"], r["recipe"], r) for r in json.loads(args.from_json.read_text())] if args.from_json else
+             [(name, recipe, None) for name in args.networks.split(",") for recipe in args.recipes.split(",")])
+    for name, recipe, stored in cases:
+        result = stored or run(name, recipe, args.timed, args.threads)
+        results.append(result)
+        lines.append("| " + " | ".join(row(result)) + " |")
+        print(lines[-1], flush=True)
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
     if args.json:
