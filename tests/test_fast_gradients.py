@@ -169,10 +169,15 @@ def test_solver_session_does_not_spin():
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def test_solver_update_uses_non_spinning_session(linear_model):
-    """The solver builds its session with spinning off."""
+def test_solver_update_runs_on_the_host_on_cpu_and_else_in_a_non_spinning_session(linear_model):
+    """On the CPU the solver updates with NumPy in place (no session); its update session (a GPU's) has
+    spinning off."""
+    from onnx_dl.optimizers import Solver
+
     dl.train_dl_model_batch(linear_model, image_samples(4, [0, 1, 2, 0]))
-    solver = linear_model.trainer().solver
+    trainer = linear_model.trainer()
+    assert trainer.solver.on_host and not hasattr(trainer.solver, "_session")
+    solver = Solver("sgd", trainer.session, "cpu", 2, False, on_host=False)
     assert solver._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 

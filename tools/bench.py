@@ -149,7 +149,8 @@ class OnnxDLSide:
         ort_module.session_options = session_options
 
     def _instrument(self) -> None:
-        """Time every run call into the engine: the training Module and the solver's update session."""
+        """Time every run call into the engine: the training Module and the solver's update (its session, or
+        the host update on the CPU)."""
         side = self
 
         class Timed:
@@ -168,7 +169,11 @@ class OnnxDLSide:
                 return Timed(found, None) if name == self.method else found
 
         self.trainer.session.module = Timed(self.trainer.session.module, None)
-        self.trainer.solver._session = Timed(self.trainer.solver._session, "run_with_iobinding")
+        solver = self.trainer.solver
+        if solver.on_host:  # the update on the host (the CPU): timed as a call
+            solver._host = Timed(solver._host, None)
+        else:
+            solver._session = Timed(solver._session, "run_with_iobinding")
 
     def run(self, steps: int) -> dict[str, Any]:
         times, outside = [], []
