@@ -22,21 +22,29 @@ SIZE, CHANNELS, CLASSES = 8, 2, 3
 LAYERS = [("c1", 4, (3, 3), 1, (1, 1, 1, 1)), ("c2", 4, (3, 3), 2, (1, 1, 1, 1)), ("c3", 5, (3, 2), 1, (1, 0, 1, 1))]
 
 
-def conv_relu_network(seed: int = 0) -> onnx.ModelProto:
-    """image (N, 2, 8, 8) -> [Conv -> Relu] x 3 -> GlobalAveragePool -> Flatten -> Gemm -> logits."""
+# the same with groups (sixth item), 9 x 9 images: 3x3 dense, depthwise stride 1 and stride 2, a grouped
+# 1x1 of stride 2, a grouped 3x3 and a dense 2x2 of stride 2 with uneven pads
+GROUPED_LAYERS = [("g1", 6, (3, 3), 1, (1, 1, 1, 1), 1), ("g2", 6, (3, 3), 1, (1, 1, 1, 1), 6),
+                  ("g3", 6, (3, 3), 2, (1, 1, 1, 1), 6), ("g4", 8, (1, 1), 2, (0, 0, 0, 0), 2),
+                  ("g5", 8, (3, 3), 1, (1, 1, 1, 1), 4), ("g6", 8, (2, 2), 2, (1, 1, 0, 0), 1)]
+
+
+def conv_relu_network(seed: int = 0, layers: list[tuple] = LAYERS, size: int = SIZE) -> onnx.ModelProto:
+    """image (N, 2, size, size) -> [Conv -> Relu] x layers -> GlobalAveragePool -> Flatten -> Gemm -> logits."""
     rng = np.random.default_rng(seed)
     inits, nodes, x, c_in = {}, [], "image", CHANNELS
-    for name, c_out, kernel, stride, pads in LAYERS:
-        inits[f"{name}.weight"] = rng.normal(0, 0.4, (c_out, c_in, *kernel))
+    for name, c_out, kernel, stride, pads, *group in layers:
+        groups = group[0] if group else 1
+        inits[f"{name}.weight"] = rng.normal(0, 0.4, (c_out, c_in // groups, *kernel))
         nodes += [helper.make_node("Conv", [x, f"{name}.weight"], [f"{name}.out"], kernel_shape=list(kernel),
-                                   strides=[stride, stride], pads=list(pads)),
+                                   strides=[stride, stride], pads=list(pads), group=groups),
                   helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"])]
         x, c_in = f"{name}.relu", c_out
     inits["fc.weight"], inits["fc.bias"] = rng.normal(0, 0.5, (CLASSES, c_in)), rng.normal(0, 0.1, CLASSES)
     nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
               helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1)]
     graph = helper.make_graph(
-        nodes, "conv_relu", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
+        nodes, "conv_relu", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -129,6 +137,25 @@ def test_conv_relu_gradients_match_reference(tmp_path, monkeypatch, banded, froz
     for name in grads:
         value = expected[name]
         np.testing.assert_allclose(grads[name], value, rtol=RTOL, atol=1e-6 * np.abs(value).max(), err_msg=name)
+
+
+def test_grouped_and_strided_input_gradients_equal_the_engine_kernels(tmp_path, monkeypatch):
+    """Depthwise and grouped stride-1 convolutions' dX as grouped forward convolutions (strided ones keep
+    the engine's): the same gradients as the engine's own ConvGrad."""
+    network = conv_relu_network(layers=GROUPED_LAYERS, size=9)
+    rng = np.random.default_rng(7)
+    samples = [{"image": rng.uniform(-1, 1, (9, 9, CHANNELS)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(3)]
+    found = {}
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, shapes=None: {})
+        model = load(tmp_path, network, batch_size=3, image_dimensions=[9, 9, CHANNELS], weight_prior=0.0)
+        found[fast] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    assert found[True][2]["ConvGrad"] == 2  # g2 and g5 (g1 reads the image: no dX; the strided keep the engine's)
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
+    for name, value in found[False][1].items():
+        np.testing.assert_allclose(found[True][1][name], value, rtol=RTOL, atol=1e-6 * np.abs(value).max(), err_msg=name)
 
 
 def test_bundled_segmentation_network_same_gradients_as_engine_kernels(tmp_path, monkeypatch):
