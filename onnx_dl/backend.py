@@ -44,10 +44,14 @@ def _expose_outputs(training: onnx.ModelProto, tg: TrainingGraph) -> dict[str, t
             b.output(mean, [None])
             b.output(inv_std, [None])
     zero = b.const(0.0, "zero")
+    flat = b.const(np.array([-1], np.int64), "flat_shape")
     check = zero
     for node in training.graph.node:
         if node.op_type == "InPlaceAccumulatorV2":
-            probe = b.op("ReduceSum", [b.op("Mul", [node.input[1], zero], "g0")], "g0_sum", keepdims=0)
+            # flattened: a broadcast scalar product over an (O, I, 1, 1) gradient runs element by element
+            # (0.9 ms for 400 x 400 x 1 x 1: regnet_x_400mf lost 21 ms per step)
+            gradient = b.op("Reshape", [node.input[1], flat], "g_flat")
+            probe = b.op("ReduceSum", [b.op("Mul", [gradient, zero], "g0")], "g0_sum", keepdims=0)
             check = b.op("Add", [check, probe], "g0_total")
     training.graph.node.append(helper.make_node("Identity", [check], [GRADIENT_CHECK], name="gradient_check_identity"))
     b.output(GRADIENT_CHECK, [], TensorProto.FLOAT)
