@@ -89,6 +89,21 @@ def assert_unchanged(before: dict[str, Any], model: dl.DLModel) -> None:
                 assert np.array_equal(value, after["solver"][name][kind]), (name, kind)
 
 
+def fail_on_engine_run(monkeypatch: pytest.MonkeyPatch, call: int, failure: type[BaseException]) -> None:
+    """Make the ``call``-th training run of the engine (a chunk's forward and backward) raise ``failure``."""
+    from onnx_dl.backend import TrainingSession
+
+    real_run, calls = TrainingSession.run, []
+
+    def run_then_fail(self: TrainingSession, feeds: list[np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(1)
+        if len(calls) == call:
+            raise failure("stop")
+        return real_run(self, feeds)
+
+    monkeypatch.setattr(TrainingSession, "run", run_then_fail)
+
+
 def image_samples(count: int, labels: list[int], seed: int = 0, scale: float = 1.0) -> list[dict[str, Any]]:
     """Random (4, 4, 2) images with the given labels."""
     rng = np.random.default_rng(seed)

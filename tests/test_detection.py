@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import assert_unchanged, snapshot, weights
+from conftest import assert_unchanged, fail_on_engine_run, snapshot, weights
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_dl as dl
@@ -223,20 +223,10 @@ def test_the_average_resumes_bit_exactly_and_is_left_out_with_the_solver_state(t
 
 
 def test_a_failed_step_leaves_the_average_as_it_was(monkeypatch):
-    from onnx_dl.backend import TrainingSession
-
     model = tiny_model(batch_size=2, batch_size_multiplier=2)
     dl.train_dl_model_batch(model, tiny_samples(4, seed=80))
     before = snapshot(model)
-    real_run, calls = TrainingSession.run, []
-
-    def run_then_fail(self, feeds):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("stop")
-        return real_run(self, feeds)
-
-    monkeypatch.setattr(TrainingSession, "run", run_then_fail)
+    fail_on_engine_run(monkeypatch, 2, RuntimeError)
     with pytest.raises(RuntimeError):
         dl.train_dl_model_batch(model, tiny_samples(4, seed=81))
     assert_unchanged(before, model)

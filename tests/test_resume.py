@@ -68,25 +68,15 @@ def test_corrupt_solver_state_is_refused(tmp_path):
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
 def test_interrupt_between_chunks_changes_nothing(tmp_path, monkeypatch, failure):
     """Ctrl-C (or an engine error) after the first chunk: weights, solver state and steps stay as they were."""
-    from conftest import assert_unchanged, snapshot
-    from onnx_dl.backend import TrainingSession
+    from conftest import assert_unchanged, fail_on_engine_run, snapshot
 
     model = load(tmp_path, bn_network(), batch_size=2, batch_size_multiplier=2)
     dl.train_dl_model_batch(model, _batches()[0])
     before = snapshot(model)
-    real_run = TrainingSession.run
-    calls = []
-
-    def run_then_fail(self, feeds):
-        calls.append(1)
-        if len(calls) == 2:
-            raise failure("stop")
-        return real_run(self, feeds)
-
-    monkeypatch.setattr(TrainingSession, "run", run_then_fail)
+    fail_on_engine_run(monkeypatch, 2, failure)
     with pytest.raises(failure):
         dl.train_dl_model_batch(model, _batches()[1])
-    monkeypatch.setattr(TrainingSession, "run", real_run)
+    monkeypatch.undo()
     assert_unchanged(before, model)
     # the next step starts from fresh gradients: it equals the same step on an untouched copy
     twin = load(tmp_path, bn_network(), batch_size=2, batch_size_multiplier=2)

@@ -18,20 +18,10 @@ from torch import nn
 
 import onnx_dl as dl
 from onnx_dl import _ort
+from zoo import SegmentationOut
 
 BATCH = 2
 LEARNING_RATE = 0.05
-
-
-class _Out(nn.Module):
-    """torchvision's segmentation models return a dict; the export takes its 'out'."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
 
 
 class _LayerNorm2d(nn.LayerNorm):
@@ -173,6 +163,6 @@ def test_convnext_tiny(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_lraspp_mobilenet_v3_large(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = _no_randomness(_Out(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+    net = _no_randomness(SegmentationOut(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=3)))
     _check_trains_like_torch(net, tmp_path / "lraspp.onnx", 64, True, rewritten=("Resize", "HardSwish", "HardSigmoid"))

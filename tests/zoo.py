@@ -55,7 +55,7 @@ class Network:
     has_batch_norm: bool
 
 
-class _SegmentationOut(nn.Module):
+class SegmentationOut(nn.Module):
     """torchvision's segmentation models return {'out': ...}; ONNX wants the tensor."""
 
     def __init__(self, net: nn.Module) -> None:
@@ -78,7 +78,7 @@ def _tv_seg(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision
 
-        return _SegmentationOut(getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None,
+        return SegmentationOut(getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None,
                                                                                 **kwargs))
     return build
 
