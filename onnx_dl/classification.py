@@ -23,6 +23,11 @@ def score_shape(params: dict[str, Any]) -> list[int]:
     return [len(params["class_ids"])]
 
 
+def head_weights(network: onnx.ModelProto) -> set[str]:
+    """What ``freeze_backbone`` keeps trainable: the layer that produces the scores."""
+    return g.score_layer_weights(network)
+
+
 def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, list[int]]:
     """The shape per image of the network's scores: {logits: (K,)}."""
     return {g.logits_output(network)[0]: score_shape(params)}

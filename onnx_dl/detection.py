@@ -47,6 +47,12 @@ LABEL_KEY = "bbox_label_id"
 BOX_TOLERANCE = 0.01  # pixels a box may reach beyond the image border -0.5 .. size - 0.5 (rounding)
 NORMALIZER_MOMENTUM = 0.9  # of the positive-anchor average (detectron2's RetinaNet); 0 gives the per-step count
 NORMALIZER_PARAM = "positive_anchor_average"  # its start value is the parameter's default, 100 (detectron2's)
+HEAD_PREFIX = "detector."  # every initializer create_dl_model_detection adds (pyramid, heads) starts with it
+
+
+def head_weights(network: onnx.ModelProto) -> set[str]:
+    """What ``freeze_backbone`` keeps trainable: the feature pyramid and heads the builder added."""
+    return {w for w in g.weight_names(network) if w.startswith(HEAD_PREFIX)}
 
 
 def levels(params: dict[str, Any]) -> list[int]:

@@ -39,7 +39,7 @@ from .serialization import read_dl_model
 
 CAPACITY = {"low": (32, 1), "medium": (64, 2), "high": (128, 4)}  # (pyramid and head width, head depth)
 PRIOR_PROBABILITY = 0.01  # the class heads' initial score (RetinaNet's pi)
-PREFIX = "detector."  # every initializer the builder adds starts with it
+PREFIX = detection.HEAD_PREFIX  # every initializer the builder adds starts with it
 # Operators that begin the classification part of a classifier: nothing after them is a feature map.
 _CLASSIFIER_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Flatten", "Gemm", "MatMul",
                              "ReduceMean", "ReduceMax", "ReduceSum", "Softmax", "LogSoftmax"})

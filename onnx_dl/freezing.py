@@ -10,6 +10,7 @@ statistics (as in inference) and keeps them fixed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,14 @@ from . import graph as g
 from .errors import DLParamError
 
 
-def frozen_weights(network: onnx.ModelProto, params: dict[str, Any]) -> set[str]:
-    """The trained weights of ``network`` that the parameters freeze."""
+def frozen_weights(network: onnx.ModelProto, params: dict[str, Any],
+                   head_weights: Callable[[onnx.ModelProto], set[str]]) -> set[str]:
+    """The trained weights of ``network`` that the parameters freeze; ``head_weights`` (the model type's)
+    names what ``freeze_backbone`` keeps trainable."""
     weights = g.weight_names(network)
     frozen: set[str] = set()
     if params.get("freeze_backbone"):
-        head = _head_weights(network, params["type"], weights)
+        head = head_weights(network)
         frozen.update(w for w in weights if w not in head)
     for pattern in params.get("frozen_layers") or []:
         matches = [w for w in weights if w == pattern or (pattern.endswith("*") and w.startswith(pattern[:-1]))]
@@ -34,15 +37,6 @@ def frozen_weights(network: onnx.ModelProto, params: dict[str, Any]) -> set[str]
                                f"initializer names such as {weights[:3]}")
         frozen.update(matches)
     return frozen
-
-
-def _head_weights(network: onnx.ModelProto, model_type: str, weights: list[str]) -> set[str]:
-    """What ``freeze_backbone`` keeps trainable: a detector's pyramid and heads, else the score layer."""
-    if model_type == "detection":
-        from .detector import PREFIX  # the builder names everything it adds with this prefix
-
-        return {w for w in weights if w.startswith(PREFIX)}
-    return set(g.head_weights(network, g.logits_output(network)[0]))
 
 
 def training_form(network: onnx.ModelProto, frozen: set[str]) -> onnx.ModelProto:

@@ -382,6 +382,11 @@ def _head_targets(model: onnx.ModelProto, node: onnx.NodeProto) -> list[tuple[st
     return [(node.input[1], 1)] + [(name, 0) for n in after for name in n.input if name in inits]
 
 
+def score_layer_weights(model: onnx.ModelProto) -> set[str]:
+    """The initializers of the layer producing the first output's logits."""
+    return set(head_weights(model, logits_output(model)[0]))
+
+
 def head_weights(model: onnx.ModelProto, logits: str) -> list[str]:
     """The initializers of the layer producing ``logits`` (what ``freeze_backbone`` keeps trainable)."""
     return [name for name, _ in _head_targets(model, _head_path(model, logits)[0])]

@@ -64,7 +64,7 @@ class DLModel:
             return [p["image_width"], p["image_height"], p["image_num_channels"]]
         if name == "num_trainable_params":
             inits = g.initializers(self._network)
-            frozen = freezing.frozen_weights(self._network, p)
+            frozen = freezing.frozen_weights(self._network, p, self.kind.head_weights)
             return int(sum(np.prod(inits[w].dims) for w in g.weight_names(self._network) if w not in frozen))
         if name == "class_weights":
             return P.class_weight_array(p).astype(float).tolist()
@@ -94,7 +94,7 @@ class DLModel:
             check_batch_size(network, value)
         P.check_consistent(candidate)
         if name in ("freeze_backbone", "frozen_layers"):
-            freezing.frozen_weights(network, candidate)  # raises for a name that matches no weight
+            freezing.frozen_weights(network, candidate, self.kind.head_weights)  # raises for a name that matches no weight
         if name in ("image_width", "image_height"):
             check_network(network, candidate, probe=True)
         self._commit(network, candidate)
@@ -137,7 +137,8 @@ class DLModel:
         if self._trainer is not None and self._trainer_key == key:
             return self._trainer
         network = self.network()  # current weights, before the old trainer goes
-        tg = self.kind.build_training_graph(freezing.training_form(network, freezing.frozen_weights(network, p)), p)
+        frozen = freezing.frozen_weights(network, p, self.kind.head_weights)
+        tg = self.kind.build_training_graph(freezing.training_form(network, frozen), p)
         inits = g.initializers(network)
         running = {name: onnx.numpy_helper.to_array(inits[name]) for bn in tg.batchnorms for name in (bn.mean, bn.var)}
         kind, steps, state = self.solver_state() or (p["solver_type"], 0, None)

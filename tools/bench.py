@@ -230,8 +230,8 @@ class TorchSide:
         model, samples = prepare(case, solver)
         params = model.params
         network = model.network()
-        tg = model.kind.build_training_graph(freezing.training_form(network, freezing.frozen_weights(network, params)),
-                                             params)
+        frozen = freezing.frozen_weights(network, params, model.kind.head_weights)
+        tg = model.kind.build_training_graph(freezing.training_form(network, frozen), params)
         feeds = model.kind.train_chunks(samples, params, 1)[0]
         self.feeds = [torch.from_numpy(np.ascontiguousarray(a)) for a in [*feeds[0], np.array(params["weight_prior"], np.float32)]]
         self.net = OnnxNet(tg.model, tg.trainable)
