@@ -22,6 +22,7 @@ from .evaluation import MAIN_MEASURES, evaluate_dl_model
 from .model import DLModel
 from .operators import apply_dl_model, create_dl_model_detection, get_dl_model_param, set_dl_model_param
 from .serialization import read_dl_model, write_dl_model
+from .solvers import SOLVERS
 
 DEFAULT_MODELS = {"classification": "classifier_compact", "segmentation": "segmentation_compact",
                   "detection": "classifier_compact"}  # detection: the backbone
@@ -192,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
                    help="model type (default: what the dataset annotates; classification for generated data)")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--solver", choices=["sgd", "adam"], default="adam")
+    t.add_argument("--solver", choices=list(SOLVERS), default="adam")
     t.add_argument("--learning-rate", type=float, default=0.003)
     t.add_argument("--schedule", choices=["step", "cosine"], default=None)
     t.add_argument("--augment", action="store_true", help="mirror, rotate and vary brightness/contrast")

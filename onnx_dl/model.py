@@ -13,6 +13,7 @@ from . import _ort, batch_axis, classification, detection, foreign, freezing, se
 from . import graph as g
 from . import params as P
 from .errors import DLModelFileError, DLParamError
+from .solvers import SOLVERS
 from .trainer import Trainer
 
 MODEL_TYPES = {"classification": classification, "segmentation": segmentation, "detection": detection}
@@ -159,7 +160,7 @@ class DLModel:
 
     def resume_solver(self, kind: str, steps: int, state: dict[str, dict[str, np.ndarray]]) -> None:
         """Continue with this solver state (read from a file) at the next training step."""
-        if kind not in ("sgd", "adam") or steps < 0:
+        if kind not in SOLVERS or steps < 0:
             raise DLModelFileError(f"stored solver state: unknown solver {kind!r} or step count {steps}")
         self._resume = (kind, steps, state)
 

@@ -1,4 +1,4 @@
-"""The solvers: HALCON's SGD with momentum and Adam (Kingma & Ba), as small ONNX update graphs.
+"""Running a solver (:mod:`onnx_dl.solvers`) over the parameters of a training session.
 
 On the CPU the update runs on the host, in place on the engine's parameter and gradient buffers
 (NumPy views of them), split over the session's threads; on a GPU it runs in its own
@@ -8,15 +8,6 @@ place for Adam, whose square root the engine does not round correctly (tests/tes
 (2 threads, batch 8 at 128 x 128): the update session spent about 50 us per node, 32 ms per step for
 mobilenet_v2's 158 tensors and 18 ms for resnet18's 62, where the host update takes 2 ms and 17 ms
 single-threaded. Hyper-parameters may change at every step without rebuilding anything.
-
-SGD (HALCON; the velocity keeps its scale when the learning rate changes):
-    v_t = momentum * v_{t-1} - learning_rate_t * g_t
-    w_t = w_{t-1} + v_t
-
-Adam (bias-corrected; epsilon added to the root of the corrected second moment):
-    m_t = beta1 * m_{t-1} + (1 - beta1) * g_t
-    v_t = beta2 * v_{t-1} + (1 - beta2) * g_t^2
-    w_t = w_{t-1} - learning_rate * (m_t / (1 - beta1^t)) / (sqrt(v_t / (1 - beta2^t)) + epsilon)
 """
 
 from __future__ import annotations
@@ -30,61 +21,8 @@ import onnx
 from . import _ort
 from .backend import TrainingSession
 from .onnx_builder import GraphBuilder, new_model
+from .solvers import SOLVERS
 
-SOLVER_STATE = {"sgd": ("velocity",), "adam": ("moment1", "moment2")}
-_SCALARS = {"sgd": ("lr", "momentum"), "adam": ("lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
-                                                "bias1", "bias2", "epsilon")}
-
-
-def _sgd_nodes(b: GraphBuilder, w: str, g: str, state: list[str]) -> list[str]:
-    (v,) = state
-    v_new = b.op("Sub", [b.op("Mul", [v, "momentum"]), b.op("Mul", [g, "lr"])], "v_new")
-    return [b.op("Add", [w, v_new], "w_new"), v_new]
-
-
-def _adam_nodes(b: GraphBuilder, w: str, g: str, state: list[str]) -> list[str]:
-    m, v = state
-    m_new = b.op("Add", [b.op("Mul", [m, "beta1"]), b.op("Mul", [g, "one_minus_beta1"])], "m_new")
-    v_new = b.op("Add", [b.op("Mul", [v, "beta2"]), b.op("Mul", [b.op("Mul", [g, g]), "one_minus_beta2"])], "v_new")
-    m_hat = b.op("Div", [m_new, "bias1"], "m_hat")
-    denominator = b.op("Add", [b.op("Sqrt", [b.op("Div", [v_new, "bias2"])]), "epsilon"], "denom")
-    step = b.op("Mul", [b.op("Div", [m_hat, denominator]), "lr"], "step")
-    return [b.op("Sub", [w, step], "w_new"), m_new, v_new]
-
-
-def _sgd_host(w: np.ndarray, g: np.ndarray, state: list[np.ndarray], s: dict[str, np.ndarray],
-              scratch: list[np.ndarray]) -> None:
-    """``_sgd_nodes`` in place: v = v * momentum - g * lr; w = w + v."""
-    (v,) = state
-    step = scratch[0]
-    np.multiply(v, s["momentum"], out=v)
-    np.multiply(g, s["lr"], out=step)
-    np.subtract(v, step, out=v)
-    np.add(w, v, out=w)
-
-
-def _adam_host(w: np.ndarray, g: np.ndarray, state: list[np.ndarray], s: dict[str, np.ndarray],
-               scratch: list[np.ndarray]) -> None:
-    """``_adam_nodes`` in place, operation by operation."""
-    m, v = state
-    a, b = scratch
-    np.multiply(m, s["beta1"], out=m)
-    np.multiply(g, s["one_minus_beta1"], out=a)
-    np.add(m, a, out=m)
-    np.multiply(v, s["beta2"], out=v)
-    np.multiply(g, g, out=a)
-    np.multiply(a, s["one_minus_beta2"], out=a)
-    np.add(v, a, out=v)
-    np.divide(m, s["bias1"], out=a)  # m_hat
-    np.divide(v, s["bias2"], out=b)
-    np.sqrt(b, out=b)
-    np.add(b, s["epsilon"], out=b)  # the denominator
-    np.divide(a, b, out=a)
-    np.multiply(a, s["lr"], out=a)
-    np.subtract(w, a, out=w)
-
-
-_HOST_RULES = {"sgd": (_sgd_host, 1), "adam": (_adam_host, 2)}  # the rule and its scratch buffers
 _SPLIT_SIZE = 1 << 16  # tensors from this size are split over the threads
 
 
@@ -95,7 +33,8 @@ class HostUpdate:
 
     def __init__(self, kind: str, tensors: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]],
                  threads: int) -> None:
-        self._rule, scratch_count = _HOST_RULES[kind]
+        rule = SOLVERS[kind]
+        self._rule, scratch_count = rule.host, rule.scratch_buffers
         parts = []
         for w, g, state in tensors:
             w, g, state = w.reshape(-1), g.reshape(-1), [x.reshape(-1) for x in state]
@@ -131,33 +70,20 @@ def update_graph(solver: str, shapes: list[list[int]]) -> tuple[onnx.ModelProto,
     Returns the model and, per parameter, (weight input, gradient input, state inputs, outputs in
     the order [weight, *state]).
     """
+    rule = SOLVERS[solver]
     graph = onnx.GraphProto(name=f"{solver}_update")
     b = GraphBuilder(graph)
-    for scalar in _SCALARS[solver]:
+    for scalar in rule.scalar_names:
         b.input(scalar, [])
-    nodes = _sgd_nodes if solver == "sgd" else _adam_nodes
     slots = []
     for i, shape in enumerate(shapes):
         w, g = b.input(f"w{i}", shape), b.input(f"g{i}", shape)
-        state = [b.input(f"{kind}{i}", shape) for kind in SOLVER_STATE[solver]]
-        outputs = nodes(b, w, g, state)
+        state = [b.input(f"{kind}{i}", shape) for kind in rule.state]
+        outputs = rule.nodes(b, w, g, state)
         for out in outputs:
             b.output(out, shape)
         slots.append((w, g, state, outputs))
     return new_model(graph), slots
-
-
-def scalars(solver: str, params: dict[str, Any], step: int) -> dict[str, np.ndarray]:
-    """The scalar inputs of the update at 1-based ``step`` from the model parameters."""
-    lr = params["learning_rate"]
-    if solver == "sgd":
-        values = {"lr": lr, "momentum": params["momentum"]}
-    else:
-        beta1, beta2 = params["adam_beta1"], params["adam_beta2"]
-        values = {"lr": lr, "beta1": beta1, "one_minus_beta1": 1.0 - beta1, "beta2": beta2,
-                  "one_minus_beta2": 1.0 - beta2, "bias1": 1.0 - beta1**step, "bias2": 1.0 - beta2**step,
-                  "epsilon": params["adam_epsilon"]}
-    return {k: np.array(v, dtype=np.float32) for k, v in values.items()}
 
 
 class Solver:
@@ -180,7 +106,7 @@ class Solver:
         for name, shape in zip(names, shapes):
             saved = state.get(name, {})
             buffers = {}
-            for kind_name in SOLVER_STATE[kind]:
+            for kind_name in SOLVERS[kind].state:
                 initial = saved.get(kind_name)
                 if initial is None or list(initial.shape) != shape:
                     initial = np.zeros(shape, np.float32)
@@ -188,7 +114,7 @@ class Solver:
             self.state[name] = buffers
         if self.on_host:
             self._host = HostUpdate(kind, [(p.numpy(), session.gradient(n).numpy(),
-                                            [self.state[n][k].numpy() for k in SOLVER_STATE[kind]])
+                                            [self.state[n][k].numpy() for k in SOLVERS[kind].state])
                                            for n, p in zip(names, params)], threads)
             return
         model, slots = update_graph(kind, shapes)
@@ -200,13 +126,13 @@ class Solver:
             self._binding.bind_ortvalue_input(w, param)
             self._binding.bind_ortvalue_input(g, session.gradient(name))
             self._binding.bind_ortvalue_output(outputs[0], param)
-            for state_input, output, kind_name in zip(state_inputs, outputs[1:], SOLVER_STATE[kind]):
+            for state_input, output, kind_name in zip(state_inputs, outputs[1:], SOLVERS[kind].state):
                 self._binding.bind_ortvalue_input(state_input, self.state[name][kind_name])
                 self._binding.bind_ortvalue_output(output, self.state[name][kind_name])
 
     def apply(self, params: dict[str, Any]) -> None:
         """One update of every parameter from its accumulated gradient."""
-        values = scalars(self.kind, params, self.step_count + 1)
+        values = SOLVERS[self.kind].scalars(params, self.step_count + 1)
         if self.on_host:
             self._host(values)
         else:

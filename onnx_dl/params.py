@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DLParamError
+from .solvers import SOLVERS
 
 MODEL_TYPES = ("classification", "segmentation", "detection")
 ALL = frozenset(MODEL_TYPES)
@@ -94,7 +95,7 @@ SPECS: dict[str, ParamSpec] = {
         ParamSpec("batch_size_multiplier", "int", 1, "chunks of batch_size per weight update", _at_least(1)),
         ParamSpec("learning_rate", "float", 0.001, "step size of the solver", _above(0.0)),
         ParamSpec("momentum", "float", 0.9, "SGD momentum mu in v = mu*v - lr*g", _unit_interval),
-        ParamSpec("solver_type", "str", "sgd", "'sgd' (with momentum) or 'adam'", _one_of("sgd", "adam")),
+        ParamSpec("solver_type", "str", "sgd", "'sgd' (with momentum) or 'adam' (onnx_dl.solvers)", _one_of(*SOLVERS)),
         ParamSpec("adam_beta1", "float", 0.9, "Adam decay of the first moment", _unit_interval),
         ParamSpec("adam_beta2", "float", 0.999, "Adam decay of the second moment", _unit_interval),
         ParamSpec("adam_epsilon", "float", 1e-8, "Adam epsilon, added to the root of the second moment", _above(0.0)),
