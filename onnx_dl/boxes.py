@@ -22,6 +22,9 @@ import numpy as np
 
 from .errors import DLParamError
 
+BOX_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
+"""HALCON's sample and result keys of a box, in the order of the (..., 4) arrays here."""
+
 BOX_SCALES = (0.1, 0.1, 0.2, 0.2)
 """Divisors of the deltas (dr, dc, dh, dw): the Detectron / RetinaNet box-coder weights 10, 10, 5, 5."""
 

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import dataset as ds
+from .boxes import BOX_KEYS
 from .errors import DLError
 from .evaluation import MAIN_MEASURES, evaluate_dl_model
 from .model import DLModel
@@ -126,7 +127,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
     if "segmentation_image" in result:
         ids, counts = np.unique(result["segmentation_image"], return_counts=True)
         return {"pixels_per_class": {int(i): int(c) for i, c in zip(ids, counts)}}
-    keys = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_class_id", "bbox_confidence")
+    keys = (*BOX_KEYS, "bbox_class_id", "bbox_confidence")
     return {"boxes": [dict(zip(keys, (round(float(v), 2) for v in values)))
                       for values in zip(*(result[k] for k in keys))]}
 
@@ -146,8 +147,7 @@ def draw_result(image: np.ndarray, result: dict[str, Any], params: dict[str, Any
             overlay[labels == cid] = colours[index % len(colours)]
         picture = Image.blend(picture, Image.fromarray(overlay), 0.45)
     elif "bbox_row1" in result:
-        for r1, c1, r2, c2, cid, conf in zip(*(result[k] for k in ("bbox_row1", "bbox_col1", "bbox_row2",
-                                                                    "bbox_col2", "bbox_class_id", "bbox_confidence"))):
+        for r1, c1, r2, c2, cid, conf in zip(*(result[k] for k in (*BOX_KEYS, "bbox_class_id", "bbox_confidence"))):
             colour = colours[params["class_ids"].index(int(cid)) % len(colours)]
             draw.rectangle([c1 + 0.5, r1 + 0.5, c2 - 0.5, r2 - 0.5], outline=colour)
             draw.text((c1 + 1.5, r1 + 0.5), f"{int(cid)} {conf:.2f}", fill=colour)

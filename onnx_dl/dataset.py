@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from .boxes import BOX_KEYS
 from .errors import DLDatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DATASET_TYPES = ("classification", "detection", "segmentation")
 SPLITS = ("train", "validation", "test")
-BOX_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
 
 
 def _image_files(folder: Path) -> list[Path]:

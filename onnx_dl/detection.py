@@ -40,9 +40,8 @@ from .errors import DLModelFileError, DLParamError, DLSampleError
 from .onnx_builder import GraphBuilder
 from .params import class_weight_array, image_shape
 
-RESULT_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_class_id", "bbox_class_name",
-               "bbox_confidence")
-BOX_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
+RESULT_KEYS = (*box_ops.BOX_KEYS, "bbox_class_id", "bbox_class_name", "bbox_confidence")
+BOX_KEYS = box_ops.BOX_KEYS
 LABEL_KEY = "bbox_label_id"
 BOX_TOLERANCE = 0.01  # pixels a box may reach beyond the image border -0.5 .. size - 0.5 (rounding)
 NORMALIZER_MOMENTUM = 0.9  # of the positive-anchor average (detectron2's RetinaNet); 0 gives the per-step count
