@@ -232,8 +232,8 @@ class TorchSide:
         network = model.network()
         frozen = freezing.frozen_weights(network, params, model.kind.head_weights)
         tg = model.kind.build_training_graph(freezing.training_form(network, frozen), params)
-        feeds = model.kind.train_chunks(samples, params, 1)[0]
-        self.feeds = [torch.from_numpy(np.ascontiguousarray(a)) for a in [*feeds[0], np.array(params["weight_prior"], np.float32)]]
+        self.kind, self.samples, self.params = model.kind, samples, dict(params)
+        self.feeds: list[Any] = []
         self.net = OnnxNet(tg.model, tg.trainable)
         weights = [self.net.parameter(name) for name in tg.trainable]
         if params["solver_type"] == "sgd":
@@ -245,11 +245,22 @@ class TorchSide:
         build_s = time.perf_counter() - start - import_s
         losses, times = [], []
         for _ in range(CHECK_STEPS):
+            self.collate()
             start = time.perf_counter()
             losses.append(self.step())
             times.append(time.perf_counter() - start)
         return {"import_s": import_s, "build_s": build_s, "first_step_s": times[0], "second_step_s": times[1],
                 "losses": losses, "threads": torch.get_num_threads()}
+
+    def collate(self) -> None:
+        """The feeds of the next step, as onnx_dl collates them (untimed: the peer gets them for free),
+        carrying state from step to step as onnx_dl does (a detector's positive-anchor average)."""
+        import numpy as np
+
+        chunks, _, state = self.kind.train_chunks(self.samples, self.params, 1)
+        self.params.update(state)
+        self.feeds = [self.torch.from_numpy(np.ascontiguousarray(a))
+                      for a in [*chunks[0], np.array(self.params["weight_prior"], np.float32)]]
 
     def step(self) -> dict[str, float]:
         for weight in self.optimizer.param_groups[0]["params"]:
@@ -264,6 +275,7 @@ class TorchSide:
         cpu = time.process_time()
         wall = time.perf_counter()
         for _ in range(steps):
+            self.collate()
             start = time.perf_counter()
             self.step()
             times.append(time.perf_counter() - start)
