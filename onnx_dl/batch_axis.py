@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import _ort
 from . import graph as g
+from .engine import runtime
 from .errors import DLModelFileError
 
 SYMBOL = "N"  # the image input's symbolic batch dimension
@@ -148,12 +148,9 @@ def _runs_at(model: onnx.ModelProto, batch: int) -> bool:
     dims = g.image_input(model).type.tensor_type.shape.dim
     if any(not d.HasField("dim_value") for d in dims[1:]):
         return True  # a symbolic image size: shape inference is all there is to go on
-    rt = _ort.ort()
     try:
-        session = rt.InferenceSession(model.SerializeToString(), _ort.session_options(1, False),
-                                      providers=["CPUExecutionProvider"])
         image = np.zeros([batch, *(d.dim_value for d in dims[1:])], np.float32)
-        outputs = session.run(None, {g.image_input(model).name: image})
+        outputs = runtime.forward(model, {g.image_input(model).name: image})
     except Exception:  # the engine refuses: the batch is not free
         return False
     return all(out.ndim >= 1 and out.shape[0] == batch for out in outputs)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from . import _ort
+from .engine import runtime
 from .errors import DLModelFileError
 from .onnx_builder import IR_VERSION, MAX_OPSET, MIN_OPSET, OPSET, GraphBuilder, default_opset
 
@@ -293,9 +293,7 @@ def _measured_shapes(model: onnx.ModelProto, tensors: dict[str, int]) -> dict[st
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, kind, None) for name, kind in tensors.items())
     try:
-        session = _ort.ort().InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
-                                              providers=["CPUExecutionProvider"])
-        values = session.run(list(tensors), feeds)
+        values = runtime.forward(probe, feeds, list(tensors))
     except Exception:  # the engine refuses the graph: inference's answer is all there is
         return {}
     return {name: list(value.shape) for name, value in zip(tensors, values)}

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import _ort, batch_axis, classification, detection, foreign, freezing, segmentation, system
+from . import batch_axis, classification, detection, foreign, freezing, segmentation, system
 from . import graph as g
 from . import params as P
+from .engine import runtime
 from .errors import DLModelFileError, DLParamError
 from .solvers import SOLVERS
 from .trainer import Trainer
@@ -90,7 +91,7 @@ class DLModel:
             candidate["class_names"] = [str(i) for i in value]
             candidate["class_weights"] = None
         if name == "runtime":
-            _ort.require_device(value)
+            runtime.require_device(value)
         if name == "batch_size":
             check_batch_size(network, value)
         P.check_consistent(candidate)
@@ -187,37 +188,32 @@ class DLModel:
         p = self._params
         key = (id(self._network), p["runtime"], system.generation())
         if self._inference is None or self._inference_key != key:
-            rt = _ort.ort()
             deterministic = system.get_system("cudnn_deterministic")
-            _ort.require_device(p["runtime"])
             model = self.inference_graph()
             inits = g.initializers(model)
             live = g.weight_names(model) + [n for bn in g.batchnorm_stats(model) for n in (bn.mean, bn.var)]
             for name in live:
                 model.graph.input.append(onnx.helper.make_tensor_value_info(name, inits[name].data_type,
                                                                             list(inits[name].dims)))
-            options = _ort.session_options(system.get_system("thread_num"), deterministic)
-            self._inference = rt.InferenceSession(model.SerializeToString(), options,
-                                                  providers=_ort.providers(p["runtime"], deterministic))
+            self._inference = runtime.inference_session(model, p["runtime"], system.get_system("thread_num"),
+                                                        deterministic)
             self._inference_key = key
         return self._inference
 
     def predict(self, batch: np.ndarray) -> list[np.ndarray]:
         """Every output of the inference graph for an NCHW batch, with the current weights."""
         session = self._inference_session()
-        rt = _ort.ort()
         count, fixed = len(batch), batch_axis.fixed_batch(self._network)
         padded = fixed is not None and count < fixed
         if padded:  # a network with a fixed batch: pad with zero images (each image runs on its own)
             batch = np.concatenate([batch, np.zeros((fixed - count, *batch.shape[1:]), batch.dtype)])
-        feeds = {session.get_inputs()[0].name: rt.OrtValue.ortvalue_from_numpy(batch)}
+        feeds = {session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)}
         if self._trainer is not None:  # initializers given as feeds override the graph's values
             for name in self._trainer.session.trainable:
                 feeds[name] = self._trainer.session.parameter(name)
             for name, value in self._trainer.running.items():
-                feeds[name] = rt.OrtValue.ortvalue_from_numpy(value)
-        names = [output.name for output in session.get_outputs()]
-        outputs = [value.numpy() for value in session.run_with_ort_values(names, feeds)]
+                feeds[name] = value
+        outputs = session.run(None, feeds)
         return [out[:count] for out in outputs] if padded else outputs
 
 
@@ -255,11 +251,8 @@ def _forward_shapes(network: onnx.ModelProto, dims: list[int], tensors: list[str
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in tensors)
-    rt = _ort.ort()
     try:
-        session = rt.InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
-                                      providers=["CPUExecutionProvider"])
-        outputs = session.run(None, {g.image_input(probe).name: np.zeros(dims, np.float32)})
+        outputs = runtime.forward(probe, {g.image_input(probe).name: np.zeros(dims, np.float32)})
     except Exception as exc:
         raise DLParamError(f"the network does not accept {dims[3]} x {dims[2]} x {dims[1]} images: {exc}") from exc
     return {name: list(out.shape) for name, out in zip(tensors, outputs)}

@@ -3,7 +3,7 @@ keeps per weight and its update rule, written once as ONNX nodes (run by the eng
 as in-place NumPy (run on the host for the CPU), with the same float32 operations in the same order.
 
 A new solver is one more :class:`SolverRule` in ``SOLVERS``: ``params`` offers its name for
-``solver_type``, the command line for ``--solver``, and :mod:`onnx_dl.optimizers` runs it; its
+``solver_type``, the command line for ``--solver``, and :mod:`onnx_dl.engine.solver` runs it; its
 hyper-parameters are model parameters with their checks in :mod:`onnx_dl.params`.
 
 SGD (HALCON; the velocity keeps its scale when the learning rate changes):

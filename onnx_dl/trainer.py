@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import GRADIENT_CHECK, TrainingSession
+from .engine.session import GRADIENT_CHECK, TrainingSession
+from .engine.solver import Solver
 from .errors import DLNonFiniteError, DLParamError
-from .optimizers import Solver
 from .training_graph import TrainingGraph
 
 

@@ -91,7 +91,7 @@ def assert_unchanged(before: dict[str, Any], model: dl.DLModel) -> None:
 
 def fail_on_engine_run(monkeypatch: pytest.MonkeyPatch, call: int, failure: type[BaseException]) -> None:
     """Make the ``call``-th training run of the engine (a chunk's forward and backward) raise ``failure``."""
-    from onnx_dl.backend import TrainingSession
+    from onnx_dl.engine.session import TrainingSession
 
     real_run, calls = TrainingSession.run, []
 

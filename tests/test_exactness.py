@@ -150,12 +150,14 @@ def test_host_update_equals_the_update_graph_bit_for_bit(solver, threads):
     """The CPU's host update (NumPy, in place, tensors split over threads) and the update graph the GPU
     runs give the same bits over steps whose hyper-parameters change; Adam's step may differ in its last
     place: the engine's Sqrt is not correctly rounded (NumPy's is; measured 1 ulp off on 43 % of values)."""
-    from onnx_dl import _ort, optimizers, solvers
+    from onnx_dl import solvers
+    from onnx_dl.engine import runtime
+    from onnx_dl.engine import solver as optimizers
 
     rng = np.random.default_rng(0)
     shapes = [[70000], [3, 5, 3, 3], [1], [300, 257]]  # split and unsplit tensors
     model, slots = optimizers.update_graph(solver, shapes)
-    session = _ort.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = runtime.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     kinds = solvers.SOLVERS[solver].state
     weights_ = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     state = [[np.zeros(s, np.float32) for _ in kinds] for s in shapes]

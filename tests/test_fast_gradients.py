@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from reference import weighted_cross_entropy
 
 import onnx_dl as dl
-from onnx_dl import _ort, fast_gradients, nets
+from onnx_dl import fast_gradients, nets
+from onnx_dl.engine import runtime
 
 RTOL = 1e-5
 SIZE, CHANNELS, CLASSES = 8, 2, 3
@@ -104,7 +105,7 @@ def engine_gradients(model: dl.DLModel, samples: list[dict]) -> tuple[float, dic
     session = model.trainer().session
     feeds = model.kind.train_chunks(samples, model.params, 1)[0]
     outputs = session.run([*feeds[0], np.array(0.0, np.float32)])
-    grads = {name: session.gradient(name).numpy().copy() for name in session.trainable}
+    grads = {name: session.gradient(name).copy() for name in session.trainable}
     session.reset_grad()
     return float(outputs["loss_cross_entropy"]), grads
 
@@ -192,14 +193,14 @@ def test_bands_cover_every_output_row_once():
 
 def test_solver_session_does_not_spin():
     """The update session's idle threads sleep at once: spinning ones took cores from the next training step."""
-    options = _ort.session_options(2, False, optimize=False, spinning=False)
+    options = runtime.session_options(2, False, optimize=False, spinning=False)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_solver_update_runs_on_the_host_on_cpu_and_else_in_a_non_spinning_session(linear_model):
     """On the CPU the solver updates with NumPy in place (no session); its update session (a GPU's) has
     spinning off."""
-    from onnx_dl.optimizers import Solver
+    from onnx_dl.engine.solver import Solver
 
     dl.train_dl_model_batch(linear_model, image_samples(4, [0, 1, 2, 0]))
     trainer = linear_model.trainer()
@@ -222,7 +223,7 @@ def test_relu_mask_is_exact_from_the_smallest_normal_float_up():
     rewritten.CopyFrom(model)
     assert fast_gradients.rewrite(rewritten)["ReluGrad"] == 1
     assert "ReluGrad" not in {n.op_type for n in rewritten.graph.node}
-    rt = _ort.ort()
+    rt = runtime.ort()
     results = [rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"dY": d_y, "Y": y})[0]
                for m in (model, rewritten)]
     np.testing.assert_array_equal(results[1], results[0])

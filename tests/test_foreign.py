@@ -14,7 +14,7 @@ from foreign_models import dropout_style, keras_style, torch_segmentation, torch
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_dl as dl
-from onnx_dl import _ort
+from onnx_dl.engine import runtime
 from onnx_dl.foreign import GRADIENT_OPS
 
 SIZE = 16
@@ -50,7 +50,7 @@ def _plain_runtime(path: Path, images: np.ndarray) -> np.ndarray:
     """The written file run by a plain onnxruntime.InferenceSession (no onnx_dl code)."""
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
-    session = _ort.ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = runtime.ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
@@ -112,7 +112,7 @@ def test_keras_nhwc_input_becomes_nchw(tmp_path: Path) -> None:
     original = keras_style()
     test = _samples(3, [0, 1, 2])
     nhwc = np.stack([s["image"] for s in test]).astype(np.float32)
-    session = _ort.ort().InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = runtime.ort().InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
     reference = session.run(None, {"input_1": nhwc})[0]
     ours = np.array([[r["classification_confidences"][r["classification_class_ids"].index(c)] for c in range(3)]
                      for r in dl.apply_dl_model(model, test)])
@@ -330,7 +330,7 @@ def _engine_trains(op_type: str) -> bool:
                               [numpy_helper.from_array(np.full(shape, 0.5, np.float32), "w")])
     network = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     network.ir_version = 9
-    engine = _ort.training()
+    engine = runtime.training()
     with tempfile.TemporaryDirectory() as folder:
         try:
             engine.artifacts.generate_artifacts(network, requires_grad=["w"], frozen_params=[], loss=None,

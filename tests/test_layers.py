@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnx_dl
 
-# lowest first; a sub-package counts as one module
+# lowest first; a sub-package counts as one module unless its modules are named (engine.*)
 LAYERS = [
-    ["errors", "onnx_builder", "_ort", "system"],
+    ["errors", "onnx_builder", "system", "engine", "engine.runtime"],
     ["solvers"],
     ["params"],
     ["graph"],
@@ -17,8 +17,8 @@ LAYERS = [
      "pool_gradients", "fast_gradients", "samples"],
     ["training_graph"],
     ["classification", "segmentation", "detection", "detection_export"],
-    ["backend"],
-    ["optimizers"],
+    ["engine.session"],
+    ["engine.solver"],
     ["trainer"],
     ["freezing"],
     ["model"],
@@ -32,8 +32,35 @@ RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in module
 PACKAGE = Path(onnx_dl.__file__).parent
 
 
+def _layer_name(parts: list[str]) -> str | None:
+    """The LAYERS entry that module ``parts`` (relative to the package) belongs to: the longest named prefix."""
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in RANK:
+            return ".".join(parts[:end])
+    return None
+
+
+def _parts(path: Path) -> list[str]:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts
+
+
 def _module(path: Path) -> str:
-    return path.stem if path.parent == PACKAGE else path.relative_to(PACKAGE).parts[0]
+    return _layer_name(_parts(path)) or ".".join(_parts(path))
+
+
+def _imported(path: Path, node: ast.ImportFrom) -> list[list[str]]:
+    """The package-relative modules a relative import names (``from .a import b``: a.b if it is a module, else a)."""
+    package = list(path.relative_to(PACKAGE).parent.parts)
+    base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+    target = base + (node.module.split(".") if node.module else [])
+    found = []
+    for alias in node.names:
+        candidate = target + [alias.name]
+        is_module = (PACKAGE.joinpath(*candidate).with_suffix(".py").exists()
+                     or PACKAGE.joinpath(*candidate, "__init__.py").exists())
+        found.append(candidate if is_module else target)
+    return found
 
 
 def test_every_module_has_a_layer() -> None:
@@ -48,9 +75,23 @@ def test_no_import_reaches_up_a_layer() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.ImportFrom) and node.level >= 1):
                 continue
-            if node.level == 1 and path.parent != PACKAGE:
-                continue  # inside a sub-package: its own modules
-            names = [node.module.split(".")[0]] if node.module else [alias.name for alias in node.names]
-            upward += [f"{path.relative_to(PACKAGE)} imports {name}" for name in names
-                       if name in RANK and RANK[name] > RANK[module]]
+            for parts in _imported(path, node):
+                name = _layer_name(parts)
+                if name is not None and name != module and RANK[name] > RANK[module]:
+                    upward.append(f"{path.relative_to(PACKAGE)} imports {'.'.join(parts)}")
     assert not upward, upward
+
+
+def test_only_the_engine_imports_onnxruntime() -> None:
+    """The engine package is the one door to ONNX Runtime (a second engine replaces it alone)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if _parts(path)[0] == "engine":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(PACKAGE)} imports {n}" for n in names if n.split(".")[0] == "onnxruntime"]
+        if "import_module(\"onnxruntime" in path.read_text():
+            found.append(f"{path.relative_to(PACKAGE)} imports onnxruntime by name")
+    assert not found, found

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_dl as dl
-from onnx_dl import _ort, rewrites
+from onnx_dl import rewrites
+from onnx_dl.engine import runtime
 from onnx_dl.rewrites import resize
 
 RTOL = 1e-5
@@ -52,13 +53,13 @@ def _rewritten(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _forward(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = _ort.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = runtime.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(["y"], {"x": x})[0]
 
 
 def _engine_gradients(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     """Gradients of the loss output w.r.t. ``names`` from one training step of the engine."""
-    engine = _ort.training()
+    engine = runtime.training()
     del model.graph.output[1:]
     with tempfile.TemporaryDirectory() as folder:
         engine.artifacts.generate_artifacts(model, requires_grad=names, frozen_params=[], loss=None, optimizer=None,
@@ -167,7 +168,7 @@ def _resize_matrix(node: onnx.NodeProto, inits: dict[str, np.ndarray], shape_in:
         [numpy_helper.from_array(np.asarray(v, np.float32 if k == "scales" else np.int64), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    session = _ort.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = runtime.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     out = session.run(None, {"h": basis})[0]
     return out.reshape(plane, shape_out[2] * shape_out[3]).T
 
@@ -239,7 +240,7 @@ def test_resize_index_tables_equal_the_engine_over_many_sizes(coordinates: str, 
                                       [numpy_helper.from_array(np.array([1, 1, 1, scale], np.float32), "scales")])
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
             model.ir_version = 9
-            session = _ort.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            session = runtime.ort().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
             engine = session.run(None, {"x": ramp.reshape(1, 2, 1, length_in)})[0].reshape(2, -1)
             assert engine.shape[1] == length_out
             coordinate = resize.original_coordinate(coordinates, np.arange(length_out), scale, length_out, length_in)

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 import onnx_dl as dl
-from onnx_dl import _ort
+from onnx_dl.engine import runtime
 from zoo import SegmentationOut
 
 BATCH = 2
@@ -125,7 +125,7 @@ def _check_trains_like_torch(net: nn.Module, path: Path, size: int, segmentation
     kept = onnx.load(written)
     assert set(rewritten) <= {n.op_type for n in kept.graph.node}  # the original operators, not the rewrites
     assert not [n for n in kept.graph.node if any(o.startswith("train_rewrite/") for o in n.output)]
-    session = _ort.ort().InferenceSession(str(written), providers=["CPUExecutionProvider"])
+    session = runtime.ort().InferenceSession(str(written), providers=["CPUExecutionProvider"])
     plain = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch.numpy())})[0]
     results = dl.apply_dl_model(model, [{"image": images[i]} for i in range(BATCH)])
     if segmentation:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 import torch_parity
 
 import onnx_dl as dl
-from onnx_dl import _ort
+from onnx_dl.engine import runtime
 
 BATCH = 2
 
@@ -275,7 +275,7 @@ def _as_confidences(output: np.ndarray, ours: np.ndarray) -> np.ndarray:
 
 
 def _plain_runtime(path: Path, batch: list[dict[str, Any]]) -> np.ndarray:
-    session = _ort.ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = runtime.ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = np.stack([s["image"].transpose(2, 0, 1) for s in batch]).astype(np.float32)
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 

@@ -125,7 +125,7 @@ class Context:
 def _run_probe(model: onnx.ModelProto, targets: list[onnx.NodeProto], constants: dict[str, Any],
                batch: int) -> dict[str, np.ndarray]:
     """Shapes of the targets' inputs and outputs, values of their inputs after the first: one forward pass."""
-    from .. import _ort
+    from ..engine import runtime
 
     dims = [d.dim_value for d in g.image_input(model).type.tensor_type.shape.dim]
     probe = g.with_input_shape(model, [batch, *dims[1:]])  # a copy
@@ -141,9 +141,7 @@ def _run_probe(model: onnx.ModelProto, targets: list[onnx.NodeProto], constants:
     _keep_ancestors(probe, set(wanted))
     image = g.image_input(probe).name
     try:
-        session = _ort.ort().InferenceSession(probe.SerializeToString(), _ort.session_options(1, False),
-                                              providers=["CPUExecutionProvider"])
-        values = session.run(list(wanted), {image: np.zeros([batch, *dims[1:]], np.float32)})
+        values = runtime.forward(probe, {image: np.zeros([batch, *dims[1:]], np.float32)}, list(wanted))
     except Exception as exc:  # noqa: BLE001 - any engine failure: the sizes cannot be read
         raise RewriteRefused(f"the sizes around it could not be computed at the image size "
                              f"{dims[1:]}: {str(exc).splitlines()[0]}") from exc

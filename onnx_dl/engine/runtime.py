@@ -1,8 +1,9 @@
-"""The only door to ONNX Runtime: imports the engine lazily, without torch, and quietly.
+"""The door to ONNX Runtime: imports the engine lazily, without torch, and quietly; builds inference
+sessions and forward probes; counts the time spent in the engine.
 
-Nothing else in the library imports ``onnxruntime`` or ``onnxruntime.training``. Importing
-``onnx_dl`` never needs the engine; the first call that does raises a :class:`DLRuntimeError`
-that names the extra to install.
+Only the ``onnx_dl.engine`` package imports ``onnxruntime`` or ``onnxruntime.training``, and only
+through :func:`ort` and :func:`training`. Importing ``onnx_dl`` never needs the engine; the first
+call that does raises a :class:`DLRuntimeError` that names the extra to install.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ import functools
 import importlib
 import os
 import sys
+import time
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import DLRuntimeError
+import numpy as np
+import onnx
+
+from ..errors import DLRuntimeError
 
 _INSTALL_HINT = (
     "install the engine with `pip install 'onnx_dl[cpu]'` (onnxruntime-training-cpu==1.19.2), "
@@ -110,3 +118,51 @@ def providers(runtime: str, deterministic: bool) -> list[Any]:
         search = "DEFAULT" if deterministic else "HEURISTIC"
         return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": search}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def inference_session(model: onnx.ModelProto, runtime: str = "cpu", threads: int = 1, deterministic: bool = False,
+                      **options: bool) -> Any:
+    """An engine InferenceSession of ``model`` on ``runtime`` (``options``: those of :func:`session_options`)."""
+    require_device(runtime)
+    return ort().InferenceSession(model.SerializeToString(), session_options(threads, deterministic, **options),
+                                  providers=providers(runtime, deterministic))
+
+
+def forward(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """One forward pass of ``model`` on the CPU, one thread (a probe of shapes and batch sizes).
+
+    The engine's own exception passes through: callers decide what a refused graph means."""
+    return list(inference_session(model).run(outputs, feeds))
+
+
+def device_value(array: np.ndarray, runtime: str = "cpu") -> Any:
+    """``array`` as an engine OrtValue on ``runtime``'s device (a copy)."""
+    return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda" if runtime == "gpu" else "cpu", 0)
+
+
+@dataclass
+class Counters:
+    """Time spent inside the engine since the last :meth:`reset`: forward and backward runs of training
+    sessions, and solver updates (tools/bench reads these to tell engine time from the library's own)."""
+
+    run_s: float = 0.0
+    runs: int = 0
+    update_s: float = 0.0
+    updates: int = 0
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.run_s, self.runs, self.update_s, self.updates = 0.0, 0, 0.0, 0
+
+    @contextmanager
+    def timing(self, what: str) -> Iterator[None]:
+        """Add the wall time of the block to ``what`` ('run' or 'update')."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, f"{what}_s", getattr(self, f"{what}_s") + time.perf_counter() - start)
+            setattr(self, f"{what}s", getattr(self, f"{what}s") + 1)
+
+
+COUNTERS = Counters()

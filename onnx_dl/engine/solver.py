@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import _ort
-from .backend import TrainingSession
-from .onnx_builder import GraphBuilder, new_model
-from .solvers import SOLVERS
+from ..onnx_builder import GraphBuilder, new_model
+from ..solvers import SOLVERS
+from .runtime import COUNTERS, device_value, inference_session
+from .session import TrainingSession
 
 _SPLIT_SIZE = 1 << 16  # tensors from this size are split over the threads
 
@@ -93,14 +93,11 @@ class Solver:
     def __init__(self, kind: str, session: TrainingSession, runtime: str, threads: int, deterministic: bool,
                  state: dict[str, dict[str, np.ndarray]] | None = None, step: int = 0,
                  on_host: bool | None = None) -> None:
-        rt = _ort.ort()
         self.kind = kind
         self.step_count = step
         self.on_host = runtime == "cpu" if on_host is None else on_host
         names = session.trainable
-        params = [session.parameter(n) for n in names]
-        shapes = [list(p.shape()) for p in params]
-        device = "cuda" if runtime == "gpu" else "cpu"
+        shapes = [list(session.parameter(n).shape) for n in names]
         state = state or {}
         self.state: dict[str, dict[str, Any]] = {}
         for name, shape in zip(names, shapes):
@@ -110,21 +107,20 @@ class Solver:
                 initial = saved.get(kind_name)
                 if initial is None or list(initial.shape) != shape:
                     initial = np.zeros(shape, np.float32)
-                buffers[kind_name] = rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initial, np.float32), device, 0)
+                initial = np.ascontiguousarray(initial, np.float32)
+                buffers[kind_name] = np.array(initial) if self.on_host else device_value(initial, runtime)
             self.state[name] = buffers
         if self.on_host:
-            self._host = HostUpdate(kind, [(p.numpy(), session.gradient(n).numpy(),
-                                            [self.state[n][k].numpy() for k in SOLVERS[kind].state])
-                                           for n, p in zip(names, params)], threads)
+            self._host = HostUpdate(kind, [(session.parameter(n), session.gradient(n),
+                                            [self.state[n][k] for k in SOLVERS[kind].state]) for n in names], threads)
             return
         model, slots = update_graph(kind, shapes)
-        options = _ort.session_options(threads, deterministic, optimize=False, spinning=False)
-        self._session = rt.InferenceSession(model.SerializeToString(), options,
-                                            providers=_ort.providers(runtime, deterministic))
+        self._session = inference_session(model, runtime, threads, deterministic, optimize=False, spinning=False)
         self._binding = self._session.io_binding()
-        for name, param, (w, g, state_inputs, outputs) in zip(names, params, slots):
+        for name, (w, g, state_inputs, outputs) in zip(names, slots):
+            param, gradient = session.device_values(name)
             self._binding.bind_ortvalue_input(w, param)
-            self._binding.bind_ortvalue_input(g, session.gradient(name))
+            self._binding.bind_ortvalue_input(g, gradient)
             self._binding.bind_ortvalue_output(outputs[0], param)
             for state_input, output, kind_name in zip(state_inputs, outputs[1:], SOLVERS[kind].state):
                 self._binding.bind_ortvalue_input(state_input, self.state[name][kind_name])
@@ -133,21 +129,26 @@ class Solver:
     def apply(self, params: dict[str, Any]) -> None:
         """One update of every parameter from its accumulated gradient."""
         values = SOLVERS[self.kind].scalars(params, self.step_count + 1)
-        if self.on_host:
-            self._host(values)
-        else:
-            for name, value in values.items():
-                self._binding.bind_cpu_input(name, value)
-            self._session.run_with_iobinding(self._binding)
+        with COUNTERS.timing("update"):
+            if self.on_host:
+                self._host(values)
+            else:
+                for name, value in values.items():
+                    self._binding.bind_cpu_input(name, value)
+                self._session.run_with_iobinding(self._binding)
         self.step_count += 1
 
     def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
         """A copy of the solver state per parameter."""
-        return {name: {k: np.array(v.numpy(), copy=True) for k, v in buffers.items()}
+        return {name: {k: np.array(v if self.on_host else v.numpy(), copy=True) for k, v in buffers.items()}
                 for name, buffers in self.state.items()}
 
     def load_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         """Overwrite the solver state in place (restoring a snapshot)."""
         for name, buffers in state.items():
             for kind_name, value in buffers.items():
-                self.state[name][kind_name].update_inplace(np.ascontiguousarray(value, np.float32))
+                target = self.state[name][kind_name]
+                if self.on_host:
+                    target[...] = value
+                else:
+                    target.update_inplace(np.ascontiguousarray(value, np.float32))

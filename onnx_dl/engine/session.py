@@ -23,11 +23,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import _ort, fast_gradients, pool_gradients
-from . import graph as g
-from .errors import DLRuntimeError
-from .onnx_builder import GraphBuilder
-from .training_graph import TrainingGraph
+from .. import fast_gradients, pool_gradients
+from .. import graph as g
+from ..errors import DLRuntimeError
+from ..onnx_builder import GraphBuilder
+from ..training_graph import TrainingGraph
+from .runtime import COUNTERS, ort, require_device, session_options
+from .runtime import training as training_api
 
 GRADIENT_CHECK = "gradient_check"
 
@@ -62,11 +64,11 @@ class TrainingSession:
     """One training graph loaded in the engine: parameters, gradient buffers and the step call."""
 
     def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool) -> None:
-        _ort.require_device(runtime)
-        engine = _ort.training()
+        require_device(runtime)
+        engine = training_api()
         self.graph = tg
         self.device = "cuda" if runtime == "gpu" else "cpu"
-        options = _ort.session_options(threads, deterministic)
+        options = session_options(threads, deterministic)
         with tempfile.TemporaryDirectory(prefix="onnx_dl_") as folder:
             forward = onnx.ModelProto()
             forward.CopyFrom(tg.model)
@@ -95,7 +97,8 @@ class TrainingSession:
     def run(self, feeds: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Forward and backward on one chunk; gradients add to the buffers. Returns every output."""
         try:
-            outputs = self.module(*feeds)
+            with COUNTERS.timing("run"):
+                outputs = self.module(*feeds)
         except Exception as exc:
             raise DLRuntimeError(f"the engine failed in the training step: {exc}") from exc
         if not isinstance(outputs, tuple):
@@ -106,17 +109,26 @@ class TrainingSession:
         """Make the next :meth:`run` overwrite the gradient buffers instead of adding to them."""
         self.module.lazy_reset_grad()
 
-    def parameter(self, name: str) -> Any:
-        """The live OrtValue holding parameter ``name`` (writes change the model)."""
-        return _ort.ort().OrtValue(self.state._state.get_parameter(name).data)
+    def parameter(self, name: str) -> np.ndarray:
+        """Parameter ``name`` in the engine's buffer: a NumPy view on the CPU (writes change the model),
+        a host copy on a GPU."""
+        return self.state.parameters[name].data
 
-    def gradient(self, name: str) -> Any:
-        """The live OrtValue holding the accumulated gradient of ``name``."""
-        return _ort.ort().OrtValue(self.state._state.get_parameter(name).grad)
+    def gradient(self, name: str) -> np.ndarray:
+        """The accumulated gradient of ``name``: a NumPy view of the engine's buffer on the CPU."""
+        return self.state.parameters[name].grad
+
+    def device_values(self, name: str) -> tuple[Any, Any]:
+        """The live OrtValues of parameter ``name`` and its gradient, on the session's device (what an
+        update session binds on a GPU). ONNX Runtime 1.19's public ``Parameter`` offers host copies only,
+        so this one place reaches its wrapped C object."""
+        found = self.state.parameters[name]._parameter  # noqa: SLF001 (see docstring)
+        rt = ort()
+        return rt.OrtValue(found.data), rt.OrtValue(found.grad)
 
     def weights(self) -> dict[str, np.ndarray]:
         """A copy of every trained parameter."""
-        return {name: np.array(self.parameter(name).numpy(), copy=True) for name in self.trainable}
+        return {name: np.array(self.parameter(name), copy=True) for name in self.trainable}
 
     def load_weights(self, values: dict[str, np.ndarray]) -> None:
         """Overwrite trained parameters with ``values`` (restoring a snapshot)."""
