@@ -1,4 +1,5 @@
-"""Axis-aligned boxes on the host: areas, IoU, the RetinaNet box encoding, NMS and post-processing.
+"""Axis-aligned boxes on the host: the box keys and their validation, areas, IoU, the RetinaNet box
+encoding, NMS and post-processing.
 
 Boxes are float arrays (..., 4) ordered (row1, col1, row2, col2) in HALCON's pixel-centred
 convention (pixel (r, c) covers r-0.5..r+0.5); height = row2 - row1 and width = col2 - col1 are
@@ -17,19 +18,66 @@ Tie and threshold rules (the ONNX export reproduces them):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-from .errors import DLParamError
+from . import samples as sample_checks
+from .errors import DLParamError, DLSampleError
 
 BOX_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
 """HALCON's sample and result keys of a box, in the order of the (..., 4) arrays here."""
+
+LABEL_KEY = "bbox_label_id"
+"""The key of a sample's box class ids (a result's is ``bbox_class_id``)."""
 
 BOX_SCALES = (0.1, 0.1, 0.2, 0.2)
 """Divisors of the deltas (dr, dc, dh, dw): the Detectron / RetinaNet box-coder weights 10, 10, 5, 5."""
 
 MAX_LOG_SCALE = math.log(1000.0 / 16.0)
 """Upper clamp of the unscaled log-extent deltas in :func:`decode` (Detectron's value)."""
+
+
+def _coordinates(entry: dict[str, Any], index: int, key: str, what: str) -> np.ndarray:
+    """An entry's 1-D array under ``key`` (one number counts as one box), float64."""
+    if key not in entry:
+        raise DLSampleError(f"{what} {index}: missing key {key!r} (keys present: {sorted(map(str, entry))})")
+    raw = entry[key]
+    try:
+        values = np.asarray(raw)
+    except (ValueError, TypeError):  # ragged sequences, odd objects
+        values = np.asarray(None)
+    if values.dtype.kind not in "fiu" or values.ndim > 1:
+        raise DLSampleError(f"{what} {index}, key {key!r}: expected a 1-D numeric array (one value per box), got "
+                            f"{sample_checks.describe(raw)}")
+    return values.reshape(-1)
+
+
+def checked_boxes(entry: dict[str, Any], index: int, label_key: str = LABEL_KEY, what: str = "sample",
+                  positive_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (G, 4) float64, labels (G,)) of one sample (or result: ``label_key`` 'bbox_class_id',
+    ``what`` 'result'): the box keys and the label key present as 1-D numeric arrays of equal lengths,
+    finite coordinates and, with ``positive_size``, row2 > row1 and col2 > col1. Where the boxes lie is
+    the caller's check (it knows the image). The one validator of boxes: training samples,
+    preprocessing and evaluation read boxes through it."""
+    columns = {key: _coordinates(entry, index, key, what) for key in (*BOX_KEYS, label_key)}
+    lengths = {key: len(value) for key, value in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise DLSampleError(f"{what} {index}, key {label_key!r}: expected one value per box in each of "
+                            f"{list(lengths)}, got lengths {list(lengths.values())}")
+    for key in BOX_KEYS:
+        bad = np.nonzero(~np.isfinite(columns[key]))[0]
+        if len(bad):
+            raise DLSampleError(f"{what} {index}, key {key!r}: expected finite coordinates, got "
+                                f"{columns[key][bad[0]]} (box {bad[0]})")
+    boxes = np.stack([columns[key].astype(np.float64) for key in BOX_KEYS], axis=1).reshape(-1, 4)
+    for first, second in ((0, 2), (1, 3)) if positive_size else ():
+        bad = np.nonzero(boxes[:, second] <= boxes[:, first])[0]
+        if len(bad):
+            raise DLSampleError(f"{what} {index}, key {BOX_KEYS[second]!r}: expected a value greater than "
+                                f"{BOX_KEYS[first]} (a box of positive size), got {BOX_KEYS[first]} "
+                                f"{boxes[bad[0], first]} and {BOX_KEYS[second]} {boxes[bad[0], second]} (box {bad[0]})")
+    return boxes, columns[label_key]
 
 
 def _as_boxes(boxes: np.ndarray, name: str) -> np.ndarray:

@@ -17,17 +17,15 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import dataset as ds
+from . import model_type
 from .boxes import BOX_KEYS
 from .errors import DLError
-from .evaluation import MAIN_MEASURES, evaluate_dl_model
+from .evaluation import evaluate_dl_model
 from .model import DLModel
 from .operators import apply_dl_model, create_dl_model_detection, get_dl_model_param, set_dl_model_param
 from .serialization import read_dl_model, write_dl_model
 from .solvers import SOLVERS
 
-DEFAULT_MODELS = {"classification": "classifier_compact", "segmentation": "segmentation_compact",
-                  "detection": "classifier_compact"}  # detection: the backbone
-DEFAULT_SIZES = {"classification": 32, "segmentation": 64, "detection": 128}
 INFO_PARAMS = ["type", "image_dimensions", "image_range_min", "image_range_max", "num_classes", "class_ids",
                "class_names", "num_trainable_params", "solver_type", "learning_rate", "momentum", "batch_size",
                "weight_prior", "runtime"]
@@ -36,11 +34,10 @@ INFO_PARAMS = ["type", "image_dimensions", "image_range_min", "image_range_max",
 def _dataset(args: argparse.Namespace, run: Path) -> dict[str, Any]:
     """The dataset of ``--dataset``, or a generated one written into the run folder; split if needed."""
     if args.dataset is None:
-        kind = args.type or "classification"
-        print(f"generating {args.samples} {kind} samples of {args.image_size or DEFAULT_SIZES[kind]} px "
-              f"into {run / 'dataset'}", flush=True)
-        source = ds.write_synthetic_dataset(kind, run / "dataset", args.samples, args.image_size or DEFAULT_SIZES[kind],
-                                            args.seed)
+        kind = args.type or model_type.names()[0]
+        size = args.image_size or model_type.get(kind).CLI_IMAGE_SIZE
+        print(f"generating {args.samples} {kind} samples of {size} px into {run / 'dataset'}", flush=True)
+        source = ds.write_synthetic_dataset(kind, run / "dataset", args.samples, size, args.seed)
     else:
         source = args.dataset
     dataset = ds.read_dl_dataset(source, type=args.type)
@@ -52,17 +49,18 @@ def _dataset(args: argparse.Namespace, run: Path) -> dict[str, Any]:
 def _model_for(dataset: dict[str, Any], args: argparse.Namespace) -> DLModel:
     """The model to train: read (or, for detection, built on a backbone) and fitted to the dataset."""
     kind = ds.dataset_type(dataset)
-    source = args.model or DEFAULT_MODELS[kind]
-    size = args.image_size or DEFAULT_SIZES[kind]
-    if kind == "detection":
+    bundled = [t.CLI_NETWORK for t in model_type.registered()]
+    source = args.model or model_type.get(kind).CLI_NETWORK
+    size = args.image_size or model_type.get(kind).CLI_IMAGE_SIZE
+    if kind == "detection":  # a detector is built on a classifier backbone
         model = create_dl_model_detection(source, len(dataset["class_ids"]), {
             "image_width": size, "image_height": size, "class_ids": dataset["class_ids"],
             "class_names": dataset["class_names"]})
     else:
-        model = read_dl_model(source, type=None if source in DEFAULT_MODELS.values() else kind)
+        model = read_dl_model(source, type=None if source in bundled else kind)
         set_dl_model_param(model, "class_ids", dataset["class_ids"])
         set_dl_model_param(model, "class_names", dataset["class_names"])
-        if args.image_size or source in DEFAULT_MODELS.values():
+        if args.image_size or source in bundled:
             channels = get_dl_model_param(model, "image_num_channels")
             set_dl_model_param(model, "image_dimensions", [size, size, channels])
     for name, value in [("batch_size", args.batch_size), ("solver_type", args.solver),
@@ -86,7 +84,7 @@ def train(args: argparse.Namespace) -> int:
     for row in result.history:
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     state = "interrupted; " if result.interrupted else ""
-    print(f"{state}best validation {MAIN_MEASURES[model.params['type']]} {result.best_measure} "
+    print(f"{state}best validation {model.kind.MAIN_MEASURE} {result.best_measure} "
           f"(epoch {result.best_epoch}); model: {run / 'best_model.onnx'}; log: {run / 'log.csv'}")
     return 130 if result.interrupted else 0
 
@@ -189,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="bundled model name or .onnx path (detection: the backbone)")
     t.add_argument("--dataset", default=None, help="class-folder tree, COCO JSON or DLDataset JSON "
                                                    "(default: generated shapes)")
-    t.add_argument("--type", choices=list(ds.DATASET_TYPES), default=None,
+    t.add_argument("--type", choices=model_type.names(), default=None,
                    help="model type (default: what the dataset annotates; classification for generated data)")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=32)

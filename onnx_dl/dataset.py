@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from . import model_type
 from .boxes import BOX_KEYS
 from .errors import DLDatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DATASET_TYPES = ("classification", "detection", "segmentation")
 SPLITS = ("train", "validation", "test")
 
 
@@ -168,14 +168,11 @@ def read_dl_dataset_segmentation(image_dir: str | os.PathLike[str], segmentation
 
 def dataset_type(dataset: dict[str, Any]) -> str:
     """What the dataset annotates: its ``type``, else read off the keys of its first sample."""
-    if dataset.get("type") in DATASET_TYPES:
+    if dataset.get("type") in model_type.names():
         return str(dataset["type"])
     first = dataset["samples"][0] if dataset.get("samples") else {}
-    if "bbox_label_id" in first:
-        return "detection"
-    if "segmentation_file_name" in first:
-        return "segmentation"
-    return "classification"
+    found = [t.NAME for t in model_type.registered() if any(key in first for key in t.DATASET_KEYS)]
+    return found[0] if found else model_type.names()[0]
 
 
 def read_dl_dataset(source: str | os.PathLike[str], type: str | None = None) -> dict[str, Any]:
@@ -340,14 +337,14 @@ def write_synthetic_dataset(type: str, folder: str | os.PathLike[str], count: in
         names = list(synthetic.SHAPES)
         for name in names:
             (root / name).mkdir(exist_ok=True)
-        for index, sample in enumerate(synthetic.classification_samples(count, size, seed)):
+        for index, sample in enumerate(model_type.get(type).synthetic_samples(count, size, seed)):
             _write_png(root / names[sample["image_label_id"]] / f"{index:05d}.png", sample["image"] + 127.0)
         return root
     if type == "detection":
         names = list(synthetic.SHAPES[:3])
         (root / "images").mkdir(exist_ok=True)
         images, annotations = [], []
-        for index, sample in enumerate(synthetic.detection_samples(count, size, seed)):
+        for index, sample in enumerate(model_type.get(type).synthetic_samples(count, size, seed)):
             file_name = f"images/{index:05d}.png"
             _write_png(root / file_name, sample["image"] + 127.0)
             images.append({"id": index, "file_name": file_name, "width": size, "height": size})
@@ -362,11 +359,12 @@ def write_synthetic_dataset(type: str, folder: str | os.PathLike[str], count: in
     if type == "segmentation":
         (root / "images").mkdir(exist_ok=True)
         (root / "labels").mkdir(exist_ok=True)
-        for index, sample in enumerate(synthetic.segmentation_samples(count, size, seed)):
+        for index, sample in enumerate(model_type.get(type).synthetic_samples(count, size, seed)):
             _write_png(root / "images" / f"{index:05d}.png", sample["image"] + 127.0)
             _write_png(root / "labels" / f"{index:05d}.png", sample["segmentation_image"])
         dataset = read_dl_dataset_segmentation(root / "images", root / "labels", [0, 1, 2, 3],
                                                ["background", *synthetic.SHAPES[:3]])
         write_dl_dataset(dataset, root / "dataset.json")
         return root / "dataset.json"
-    raise DLDatasetError(f"write_synthetic_dataset: type must be one of {list(DATASET_TYPES)}, got {type!r}")
+    raise DLDatasetError(f"write_synthetic_dataset: no file format for type {type!r}; formats: classification, "
+                         f"detection, segmentation")

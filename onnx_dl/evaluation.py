@@ -1,237 +1,36 @@
-"""Evaluation measures on results of ``apply_dl_model`` (HALCON's definitions).
-
-Segmentation: a confusion matrix with rows = predicted and columns = ground truth over all
-non-ignored pixels; TP = diagonal, FP = row sum - TP, FN = column sum - TP; class IoU =
-TP / (TP + FP + FN); classes without ground-truth pixels are left out of the means.
-Classification: top-1 error, per-class precision and recall, the confusion matrix.
-Detection (COCO): per class and IoU threshold, detections by descending confidence are matched
-greedily to ground-truth boxes (each at most once, IoU >= threshold); AP is the 101-point
-interpolated area under the precision-recall curve; classes without ground truth are left out.
-"""
+"""Evaluating a model on a dataset split or on samples: apply it, then the measures of its type
+(:mod:`onnx_dl.measures`, re-exported here: ``from onnx_dl.evaluation import mean_average_precision``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .boxes import iou_matrix
+from . import model_type
 from .errors import DLSampleError
-from .samples import id_lookup
+from .tasks.detection import EVALUATION_MIN_CONFIDENCE
+from .measures import (COCO_IOU_THRESHOLDS, RECALL_POINTS, average_precision, classification_measures,
+                       confusion_matrix, detection_measures, mean_average_precision, segmentation_measures)
+
+__all__ = ["COCO_IOU_THRESHOLDS", "EVALUATION_MIN_CONFIDENCE", "RECALL_POINTS", "average_precision",
+           "classification_measures", "confusion_matrix", "detection_measures", "evaluate_dl_model", "main_measure",
+           "mean_average_precision", "segmentation_measures"]
 
 
-def _check_lengths(results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
-    if len(results) != len(samples):
-        raise DLSampleError(f"expected one result per sample, got {len(results)} results for {len(samples)} samples")
-
-
-def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
-    """(classes, classes) counts; rows = predicted index, columns = ground-truth index."""
-    return np.bincount(predicted * classes + truth, minlength=classes * classes).reshape(classes, classes)
-
-
-def segmentation_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-                          ignore_class_ids: list[int] | tuple[int, ...] = ()) -> dict[str, Any]:
-    """``mean_iou``, ``class_iou`` (by class id), ``pixel_accuracy``, ``mean_accuracy``, ``pixel_confusion_matrix``."""
-    _check_lengths(results, samples)
-    table = {cid: i for i, cid in enumerate(class_ids)}
-    matrix = np.zeros((len(class_ids), len(class_ids)), np.int64)
-    for index, (result, sample) in enumerate(zip(results, samples)):
-        truth = np.asarray(sample["segmentation_image"]).astype(np.int64)
-        predicted = np.asarray(result["segmentation_image"]).astype(np.int64)
-        if truth.shape != predicted.shape:
-            raise DLSampleError(f"sample {index}: segmentation_image of shape {truth.shape}, result of shape "
-                                f"{predicted.shape}")
-        keep = ~np.isin(truth, list(ignore_class_ids))
-        truth_index, predicted_index = id_lookup(truth[keep], table, -1), id_lookup(predicted[keep], table, -1)
-        if (truth_index < 0).any() or (predicted_index < 0).any():
-            raise DLSampleError(f"sample {index}: a label or result holds ids outside class_ids")
-        matrix += confusion_matrix(predicted_index, truth_index, len(class_ids))
-    tp = np.diag(matrix).astype(np.float64)
-    fp, fn = matrix.sum(axis=1) - tp, matrix.sum(axis=0) - tp
-    present = matrix.sum(axis=0) > 0
-    iou = np.where(present, tp / np.maximum(tp + fp + fn, 1), np.nan)
-    accuracy = np.where(present, tp / np.maximum(tp + fn, 1), np.nan)
-    return {
-        "mean_iou": float(np.nanmean(iou)), "class_iou": {cid: float(v) for cid, v in zip(class_ids, iou)},
-        "pixel_accuracy": float(tp.sum() / max(matrix.sum(), 1)), "mean_accuracy": float(np.nanmean(accuracy)),
-        "pixel_confusion_matrix": matrix,
-    }
-
-
-def classification_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]],
-                            class_ids: list[int]) -> dict[str, Any]:
-    """``top1_error``, per-class ``precision`` and ``recall`` (by class id), ``absolute_confusion_matrix``."""
-    _check_lengths(results, samples)
-    position = {cid: i for i, cid in enumerate(class_ids)}
-    predicted = np.array([position[r["classification_class_ids"][0]] for r in results], np.int64)
-    truth = np.array([position[s["image_label_id"]] for s in samples], np.int64)
-    matrix = confusion_matrix(predicted, truth, len(class_ids))
-    tp = np.diag(matrix).astype(np.float64)
-    precision = np.where(matrix.sum(axis=1) > 0, tp / np.maximum(matrix.sum(axis=1), 1), np.nan)
-    recall = np.where(matrix.sum(axis=0) > 0, tp / np.maximum(matrix.sum(axis=0), 1), np.nan)
-    return {
-        "top1_error": float(1.0 - tp.sum() / len(truth)),
-        "precision": {cid: float(v) for cid, v in zip(class_ids, precision)},
-        "recall": {cid: float(v) for cid, v in zip(class_ids, recall)},
-        "absolute_confusion_matrix": matrix,
-    }
-
-
-RECALL_POINTS = np.linspace(0.0, 1.0, 101)
-"""The recall values 0, 0.01, ..., 1 at which COCO samples the precision."""
-
-COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-"""IoU thresholds 0.5, 0.55, ..., 0.95 of COCO's (and HALCON's default) mean AP."""
-
-_BOX_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
-
-
-def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """COCO's 101-point interpolated average precision of one precision-recall curve.
-
-    ``recall`` and ``precision`` hold one value per detection in order of descending confidence
-    (so recall does not decrease):
-
-        p_interp(r) = max {precision_i : recall_i >= r}   (0 where no recall_i >= r)
-        AP = 1/101 * sum over r in 0, 0.01, ..., 1 of p_interp(r)
-    """
-    recall, precision = np.asarray(recall, np.float64).ravel(), np.asarray(precision, np.float64).ravel()
-    if recall.shape != precision.shape:
-        raise ValueError(f"average_precision: {recall.size} recall but {precision.size} precision values")
-    if recall.size == 0:
-        return 0.0
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
-    first = np.searchsorted(recall, RECALL_POINTS, side="left")
-    reached = first < recall.size
-    return float(envelope[first[reached]].sum() / RECALL_POINTS.size)
-
-
-def _boxes_of(entry: dict[str, Any], index: int, what: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(G, 4) boxes and (G,) labels of one sample or result, the five arrays checked for equal lengths."""
-    for key in (*_BOX_KEYS, label_key):
-        if key not in entry:
-            raise DLSampleError(f"{what} {index}: missing key {key!r} (keys present: {sorted(map(str, entry))})")
-    columns = [np.asarray(entry[key], np.float64).reshape(-1) for key in _BOX_KEYS]
-    labels = np.asarray(entry[label_key]).reshape(-1)
-    lengths = [len(c) for c in columns] + [len(labels)]
-    if len(set(lengths)) != 1:
-        raise DLSampleError(f"{what} {index}: expected {', '.join(_BOX_KEYS)} and {label_key!r} of equal length, "
-                            f"got lengths {lengths}")
-    return np.stack(columns, axis=1), labels
-
-
-def _true_positives(boxes: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """(T, D) whether each detection (already by descending confidence) matches a ground-truth box.
-
-    COCO's greedy rule per threshold t: a detection takes the unmatched box of highest IoU >= t.
-    """
-    hits = np.zeros((len(thresholds), len(boxes)), bool)
-    if len(gt_boxes) == 0:
-        return hits
-    iou = iou_matrix(boxes, gt_boxes)
-    taken = np.zeros((len(thresholds), len(gt_boxes)), bool)
-    for detection, overlaps in enumerate(iou):  # sequential: earlier detections take boxes first
-        allowed = ~taken & (overlaps[None, :] >= thresholds[:, None])
-        best = np.where(allowed, overlaps[None, :], -1.0).argmax(axis=1)
-        hit = allowed.any(axis=1)
-        taken[hit, best[hit]] = True
-        hits[:, detection] = hit
-    return hits
-
-
-def _ap_table(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-              thresholds: tuple[float, ...]) -> np.ndarray:
-    """(T, K) AP per IoU threshold and class; NaN for classes without ground-truth boxes."""
-    _check_lengths(results, samples)
-    position = {cid: i for i, cid in enumerate(class_ids)}
-    limits = np.asarray(thresholds, np.float64)
-    confidences: list[list[np.ndarray]] = [[] for _ in class_ids]
-    hits: list[list[np.ndarray]] = [[] for _ in class_ids]
-    gt_count = np.zeros(len(class_ids), np.int64)
-    for index, (result, sample) in enumerate(zip(results, samples)):
-        gt_boxes, gt_labels = _boxes_of(sample, index, "sample", "bbox_label_id")
-        boxes, labels = _boxes_of(result, index, "result", "bbox_class_id")
-        confidence = np.asarray(result.get("bbox_confidence", []), np.float64).reshape(-1)
-        if len(confidence) != len(boxes):
-            raise DLSampleError(f"result {index}: expected {len(boxes)} bbox_confidence values, got {len(confidence)}")
-        for what, ids, key in (("sample", gt_labels, "bbox_label_id"), ("result", labels, "bbox_class_id")):
-            unknown = sorted({int(i) for i in ids} - set(position))
-            if unknown:
-                raise DLSampleError(f"{what} {index}, key {key!r}: expected ids in class_ids {class_ids}, got {unknown}")
-        for cid in {int(i) for i in gt_labels} | {int(i) for i in labels}:
-            k, mine = position[cid], labels == cid
-            order = np.argsort(-confidence[mine], kind="stable")
-            gt_count[k] += int((gt_labels == cid).sum())
-            confidences[k].append(confidence[mine][order])
-            hits[k].append(_true_positives(boxes[mine][order], gt_boxes[gt_labels == cid], limits))
-    table = np.full((len(limits), len(class_ids)), np.nan)
-    for k in np.nonzero(gt_count)[0]:
-        order = np.argsort(-np.concatenate(confidences[k]), kind="stable")
-        true_positive = np.concatenate(hits[k], axis=1)[:, order].cumsum(axis=1)
-        precision = true_positive / np.arange(1, true_positive.shape[1] + 1)
-        for t in range(len(limits)):
-            table[t, k] = average_precision(true_positive[t] / gt_count[k], precision[t])
-    return table
-
-
-def _mean_over_present(values: np.ndarray) -> float:
-    present = values[~np.isnan(values)]
-    return float(present.mean()) if present.size else float("nan")
-
-
-def mean_average_precision(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-                           iou_thresholds: tuple[float, ...] | list[float] = (0.5,)) -> dict[str, Any]:
-    """COCO mean average precision of ``apply_dl_model`` detections against the samples' boxes.
-
-    Per class c and threshold t: AP(c, t) by :func:`average_precision` over the detections of all
-    images by descending confidence, each matched greedily (per image) to the unmatched box of
-    class c with the highest IoU >= t; recall = TP / (number of boxes of class c).
-    ``mean_ap`` = mean of AP(c, t) over every t and every class with ground-truth boxes (NaN if
-    there are none); ``ap_per_class`` = the mean over t per class id (NaN without ground truth).
-    Results use the keys bbox_row1, bbox_col1, bbox_row2, bbox_col2, bbox_class_id,
-    bbox_confidence; samples bbox_row1, ..., bbox_label_id.
-    """
-    table = _ap_table(results, samples, class_ids, tuple(iou_thresholds))
-    per_class = table.mean(axis=0)
-    return {"mean_ap": _mean_over_present(per_class),
-            "ap_per_class": {cid: float(v) for cid, v in zip(class_ids, per_class)}}
-
-
-def detection_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]],
-                       class_ids: list[int]) -> dict[str, Any]:
-    """``map_50`` (mean AP at IoU 0.5), ``map_50_95`` (mean over IoU 0.5, 0.55, ..., 0.95), and per
-    class id ``ap_50_per_class`` and ``ap_50_95_per_class``; definitions of :func:`mean_average_precision`."""
-    table = _ap_table(results, samples, class_ids, COCO_IOU_THRESHOLDS)
-    per_class = table.mean(axis=0)
-    return {"map_50": _mean_over_present(table[0]), "map_50_95": _mean_over_present(per_class),
-            "ap_50_per_class": {cid: float(v) for cid, v in zip(class_ids, table[0])},
-            "ap_50_95_per_class": {cid: float(v) for cid, v in zip(class_ids, per_class)}}
-
-
-MAIN_MEASURES = {"classification": "top1_error", "segmentation": "mean_iou", "detection": "map_50"}
-
-
-def main_measure(model_type: str) -> tuple[str, Any]:
+def main_measure(type_name: str) -> tuple[str, Any]:
     """The measure that picks the best model of a type, and ``better(new, old)`` for it."""
-    name = MAIN_MEASURES[model_type]
-    if name == "top1_error":
-        return name, lambda new, old: new < old
-    return name, lambda new, old: new > old
-
-
-EVALUATION_MIN_CONFIDENCE = 0.05
-"""The score floor of the detections an evaluation ranks: the test threshold of RetinaNet in
-detectron2 and torchvision. AP integrates precision over the whole recall range, so it needs the
-low-confidence tail that HALCON's display default ``min_confidence`` 0.5 cuts off."""
+    found = model_type.get(type_name)
+    if found.LOWER_IS_BETTER:
+        return found.MAIN_MEASURE, lambda new, old: new < old
+    return found.MAIN_MEASURE, lambda new, old: new > old
 
 
 def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: str = "validation",
                       samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The measures of ``model`` on the ``split`` of ``dataset`` (or on preprocessed ``samples``).
 
-    Classification: :func:`classification_measures`; segmentation: :func:`segmentation_measures`;
-    detection: :func:`detection_measures`. Dataset images are read and preprocessed to the
+    The measures are the model type's (``measures`` of its module; classification:
+    :func:`classification_measures`, segmentation: :func:`segmentation_measures`, detection:
+    :func:`detection_measures`). Dataset images are read and preprocessed to the
     model's size and value range first.
 
     A detector is evaluated on all its detections scoring at least
@@ -252,11 +51,6 @@ def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: 
         if not indices:
             raise DLSampleError(f"evaluate_dl_model: the dataset has no {split!r} samples")
         samples = preprocess_dl_samples(gen_dl_samples(dataset, indices), model.params)
-    params = model.params
-    floor = {"min_confidence": EVALUATION_MIN_CONFIDENCE} if params["type"] == "detection" else None
-    results = apply_with(model, samples, overrides=floor)
-    if params["type"] == "classification":
-        return classification_measures(results, samples, params["class_ids"])
-    if params["type"] == "segmentation":
-        return segmentation_measures(results, samples, params["class_ids"], params["ignore_class_ids"])
-    return detection_measures(results, samples, params["class_ids"])
+    kind = model_type.get(model.params["type"])
+    results = apply_with(model, samples, overrides=kind.EVALUATION_OVERRIDES or None)
+    return kind.measures(results, samples, model.params)

@@ -80,7 +80,7 @@ def sigmoid_focal(b: GraphBuilder, logits: str, targets: str, weights: str, norm
     ``weights`` (same shape) carries everything else per element: the anchor weight (0 for ignored
     anchors) times alpha_c for y = 1 and 1 - alpha_c for y = 0, folded in on the host so that a
     new alpha needs no new graph. ``normalizer`` is a scalar (a detector feeds the running average of
-    positive anchors per step, see :mod:`onnx_dl.detection`).
+    positive anchors per step, see :mod:`onnx_dl.tasks.detection`).
     log p = -relu(-x) - log(1 + exp(-|x|)) and log(1 - p) = -relu(x) - log(1 + exp(-|x|)) stay
     finite for any finite x. (At exactly x = 0 the engine's gradients of relu and |x| are 0, so the
     derivative there reads 0 instead of the limit; a float32 logit of exactly 0.0 does not occur in

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import batch_axis, classification, detection, foreign, freezing, segmentation, system
+from . import batch_axis, foreign, freezing, system, tasks
+from . import model_type as types
 from . import graph as g
 from . import params as P
 from .engine import runtime
@@ -17,8 +18,7 @@ from .errors import DLModelFileError, DLParamError
 from .solvers import SOLVERS
 from .trainer import Trainer
 
-MODEL_TYPES = {"classification": classification, "segmentation": segmentation, "detection": detection}
-PROBABILITIES = classification.PROBABILITIES  # the output a written classifier ends in: softmax over the class axis
+PROBABILITIES = tasks.classification.PROBABILITIES  # the output a written classifier ends in: softmax over the class axis
 DEFAULT_IMAGE_SIZE = 224  # for foreign networks whose input size is symbolic
 
 
@@ -46,9 +46,9 @@ class DLModel:
                 f"image={p['image_width']}x{p['image_height']}x{p['image_num_channels']}, solver={p['solver_type']!r})")
 
     @property
-    def kind(self) -> Any:
-        """The module implementing this model's type."""
-        return MODEL_TYPES[self._params["type"]]
+    def kind(self) -> types.ModelType:
+        """This model's type (:mod:`onnx_dl.model_type`): the module implementing it."""
+        return types.get(self._params["type"])
 
     @property
     def params(self) -> dict[str, Any]:
@@ -83,11 +83,7 @@ class DLModel:
         candidate = dict(self._params, **{name: value})
         network = self._network
         if name == "class_ids" and len(value) != len(self._params["class_ids"]):
-            if self._params["type"] == "detection":  # the heads' width depends on the class count
-                raise DLParamError(f"parameter 'class_ids': a detection model keeps the "
-                                   f"{len(self._params['class_ids'])} classes it was created with (num_classes); "
-                                   f"got {len(value)} ids")
-            network = g.replace_head(self.network(), g.logits_output(self._network)[0], len(value))
+            network = self.kind.with_classes(self.network(), self._params, value)
             candidate["class_names"] = [str(i) for i in value]
             candidate["class_weights"] = None
         if name == "runtime":
@@ -167,8 +163,8 @@ class DLModel:
 
     def set_training_state(self, values: dict[str, Any]) -> None:
         """Record the training state a successful step computed (read-only parameters listed in
-        ``params.TRAINING_STATE``, e.g. a detector's ``positive_anchor_average``)."""
-        unknown = set(values) - set(P.TRAINING_STATE)
+        ``TRAINING_STATE`` of its type, e.g. a detector's ``positive_anchor_average``)."""
+        unknown = set(values) - set(self.kind.TRAINING_STATE)
         if unknown:
             raise DLParamError(f"set_training_state: {sorted(unknown)} are not training state")
         if values:
@@ -235,7 +231,7 @@ def check_network(network: onnx.ModelProto, params: dict[str, Any], probe: bool 
         shapes = g.tensor_shapes(g.with_input_shape(network, dims))
     except DLModelFileError as exc:
         raise DLParamError(f"the network does not accept {dims[3]} x {dims[2]} x {dims[1]} images: {exc}") from exc
-    expected = MODEL_TYPES[params["type"]].output_shapes(network, params)
+    expected = types.get(params["type"]).output_shapes(network, params)
     found = {name: shapes.get(name) for name in expected}
     if probe or any(shape is None or None in shape for shape in found.values()):
         found = _forward_shapes(network, dims, list(expected))
@@ -260,8 +256,7 @@ def _forward_shapes(network: onnx.ModelProto, dims: list[int], tensors: list[str
 
 def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, Any] | None = None) -> DLModel:
     """A model handle for ``network`` with default parameters, overridden by ``stored`` ones."""
-    if model_type not in MODEL_TYPES:
-        raise DLParamError(f"model type {model_type!r} is not supported; supported: {sorted(MODEL_TYPES)}")
+    kind = types.get(model_type)  # raises for an unknown type
     network = foreign.prepare(g.supported_opset(network))
     channels, height, width = g.input_dims(network)
     if channels is None:
@@ -277,7 +272,7 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
         if "batch_size" in (stored or {}):
             check_batch_size(network, params["batch_size"])
         params["batch_size"] = fixed  # the only size such a network runs
-    classes = MODEL_TYPES[model_type].num_classes(network, params)  # a detector's depends on its anchors
+    classes = kind.num_classes(network, params)  # a detector's depends on its anchors
     if params.get("class_ids") is None:
         params["class_ids"] = list(range(classes))
     if params.get("class_names") is None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import detector
 from . import samples as sample_checks
 from .errors import DLParamError
 from .model import DLModel
+from .tasks import detection_builder
 
 
 def _model(model: Any) -> DLModel:
@@ -28,7 +28,7 @@ def create_dl_model_detection(backbone: Any, num_classes: int, params: dict[str,
     The architecture parameters (levels, anchors, capacity, image size, instance type, docking
     layers) cannot be changed afterwards. The image sides must be divisible by 2**max_level.
     """
-    return detector.create(backbone, num_classes, params)
+    return detection_builder.create(backbone, num_classes, params)
 
 
 def get_dl_model_param(model: DLModel, name: str) -> Any:
@@ -56,7 +56,7 @@ def train_dl_model_batch(model: DLModel, samples: list[dict[str, Any]]) -> dict[
     one solver update follows. Returns ``total_loss`` and its parts (``loss_<name>``), which sum
     to it. A step whose samples all weigh 0 (every class weight 0, every pixel ignored) reports a
     cross-entropy of 0 and applies no update. A detector's step also updates the read-only
-    ``positive_anchor_average`` that divides its losses (see :mod:`onnx_dl.detection`). On any
+    ``positive_anchor_average`` that divides its losses (see :mod:`onnx_dl.tasks.detection`). On any
     error the model is left exactly as it was.
     """
     with _model(model).lock:

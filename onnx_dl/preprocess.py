@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .detection import BOX_KEYS, LABEL_KEY, checked_boxes
+from .boxes import BOX_KEYS, LABEL_KEY, checked_boxes
 from .errors import DLSampleError
 from .samples import check_sample_list
 
@@ -152,7 +152,7 @@ def preprocess_dl_samples(samples: Sequence[dict[str, Any]], params: dict[str, A
     ``image_range_min..image_range_max`` (see :func:`normalize`; raw values 0..``input_range``).
     Boxes follow the resize (x' = (x + 0.5) * new / old - 0.5; boxes left without area are
     dropped); ``segmentation_image`` and ``weight_image`` are resized by nearest neighbour and must
-    have the raw image's size. Raw boxes are checked as ``detection.checked_boxes`` does.
+    have the raw image's size. Raw boxes are checked by :func:`onnx_dl.boxes.checked_boxes`.
     """
     samples = check_sample_list(samples, "preprocess_dl_samples")
     height, width = int(params["image_height"]), int(params["image_width"])

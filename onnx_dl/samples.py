@@ -14,7 +14,8 @@ import numpy as np
 from .errors import DLSampleError
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A short description of a bad value for an error message: an array's shape and dtype, else type and repr."""
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"
     return f"{type(value).__name__} {value!r}"[:120]
@@ -25,12 +26,12 @@ def check_sample_list(samples: Any, what: str) -> list[dict[str, Any]]:
     if isinstance(samples, dict):
         samples = [samples]
     if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
-        raise DLSampleError(f"{what}: expected a list of sample dicts, got {_describe(samples)}")
+        raise DLSampleError(f"{what}: expected a list of sample dicts, got {describe(samples)}")
     if len(samples) == 0:
         raise DLSampleError(f"{what}: expected at least one sample, got an empty list")
     for index, sample in enumerate(samples):
         if not isinstance(sample, dict):
-            raise DLSampleError(f"sample {index}: expected a dict, got {_describe(sample)}")
+            raise DLSampleError(f"sample {index}: expected a dict, got {describe(sample)}")
     return list(samples)
 
 
@@ -48,7 +49,8 @@ def chunk_count(count: int, batch_size: int, multiplier: int) -> int:
     return count // batch_size
 
 
-def _require(sample: dict[str, Any], index: int, key: str) -> Any:
+def require(sample: dict[str, Any], index: int, key: str) -> Any:
+    """``sample[key]``, or an error naming the sample, the missing key and the keys present."""
     if key not in sample:
         raise DLSampleError(f"sample {index}: missing key {key!r} (keys present: {sorted(map(str, sample))})")
     return sample[key]
@@ -60,10 +62,10 @@ def images(samples: list[dict[str, Any]], params: dict[str, Any]) -> np.ndarray:
     expected = (height, width) if channels == 1 else (height, width, channels)
     batch = np.empty((len(samples), channels, height, width), np.float32)
     for index, sample in enumerate(samples):
-        image = _require(sample, index, "image")
+        image = require(sample, index, "image")
         if not isinstance(image, np.ndarray) or image.dtype.kind not in "fiu":
             raise DLSampleError(f"sample {index}, key 'image': expected a numeric NumPy array of shape "
-                                f"{expected}, got {_describe(image)}")
+                                f"{expected}, got {describe(image)}")
         if channels == 1 and image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         if image.shape != expected:
@@ -98,22 +100,22 @@ def label_indices(samples: list[dict[str, Any]], class_ids: list[int], key: str 
     position = {cid: i for i, cid in enumerate(class_ids)}
     result = np.empty(len(samples), np.int64)
     for index, sample in enumerate(samples):
-        raw = _require(sample, index, key)
+        raw = require(sample, index, key)
         label = _as_label(raw)
         if label is None or label not in position:
             shown = class_ids if len(class_ids) <= 20 else f"{class_ids[:20]}..."
             raise DLSampleError(f"sample {index}, key {key!r}: expected one of the model's class_ids {shown}, "
-                                f"got {_describe(raw)}")
+                                f"got {describe(raw)}")
         result[index] = position[label]
     return result
 
 
 def _plane(sample: dict[str, Any], index: int, key: str, shape: tuple[int, int]) -> np.ndarray:
     """A (H, W) numeric array (a trailing channel of 1 allowed) of the model's size."""
-    value = _require(sample, index, key)
+    value = require(sample, index, key)
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
         raise DLSampleError(f"sample {index}, key {key!r}: expected a numeric NumPy array of shape {shape}, "
-                            f"got {_describe(value)}")
+                            f"got {describe(value)}")
     if value.ndim == 3 and value.shape[2] == 1:
         value = value[:, :, 0]
     if value.shape != shape:

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,11 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from . import __version__, detection_export
+from . import __version__
+from .tasks import detection_postprocess
 from .errors import DLModelFileError, DLParamError
 from .model import DLModel, from_network
-from .params import TRAINING_STATE
+from .params import training_state
 
 MAX_FILE_SIZE = 2**31  # bytes read without explicit consent (max_file_size=None)
 METADATA_KEY = "onnx_dl"
@@ -30,10 +30,27 @@ SOLVER_KEY = "onnx_dl.solver_state"  # base64 of a NumPy .npz archive: "<paramet
 FORMAT_VERSION = 1
 
 
+def bundled_folder() -> Path | None:
+    """The folder holding the bundled ``*.onnx`` networks, or None when none is found.
+
+    The files live in the repository's top-level ``models/``. A wheel (and an editable install)
+    ships them as the package data ``onnx_dl.models`` (pyproject.toml maps that package to
+    ``models/``), so an installed package has them in ``onnx_dl/models``. A source checkout
+    imported straight from the repository (PYTHONPATH, or pytest run from the repository root as
+    CI does after installing) has no ``onnx_dl/models``: there the folder is ``models/`` beside
+    the package, taken only when ``pyproject.toml`` marks that folder as this repository.
+    """
+    package = Path(__file__).resolve().parent
+    candidates = [package / "models"]
+    if (package.parent / "pyproject.toml").is_file():
+        candidates.append(package.parent / "models")
+    return next((folder for folder in candidates if any(folder.glob("*.onnx"))), None)
+
+
 def bundled_models() -> list[str]:
     """Names of the networks shipped with the package."""
-    folder = resources.files("onnx_dl") / "models"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".onnx"))
+    folder = bundled_folder()
+    return [] if folder is None else sorted(p.stem for p in folder.glob("*.onnx"))
 
 
 def resolve(source: str | os.PathLike[str]) -> Path:
@@ -43,9 +60,9 @@ def resolve(source: str | os.PathLike[str]) -> Path:
         return path
     name = str(source)
     if os.sep not in name and "/" not in name and not name.endswith(".onnx"):
-        bundled = resources.files("onnx_dl") / "models" / f"{name}.onnx"
-        if bundled.is_file():
-            return Path(str(bundled))
+        folder = bundled_folder()
+        if folder is not None and (folder / f"{name}.onnx").is_file():
+            return folder / f"{name}.onnx"
         raise DLModelFileError(f"no model file {name!r} and no bundled model of that name; "
                                f"bundled: {bundled_models()}")
     raise DLModelFileError(f"model file {name!r} does not exist")
@@ -180,17 +197,17 @@ def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_
     ``postprocess=True`` (detectors only) writes instead a graph ending in the final boxes:
     decoding, ``min_confidence``, per-class and class-agnostic ``NonMaxSuppression`` and
     ``max_num_detections``, with the model's current values (outputs: see
-    :mod:`onnx_dl.detection_export`); its boxes match ``apply_dl_model``'s. Such a file cannot be
+    :mod:`onnx_dl.tasks.detection_postprocess`); its boxes match ``apply_dl_model``'s. Such a file cannot be
     read back for training. Written atomically: a temporary file in the target folder, then a rename.
     """
     with model.lock:
-        params = {k: v for k, v in model.params.items() if include_solver_state or k not in TRAINING_STATE}
+        params = {k: v for k, v in model.params.items() if include_solver_state or k not in training_state(model.params["type"])}
         info: dict[str, Any] = {"format": FORMAT_VERSION, "version": __version__, "params": params}
         if postprocess:
             if model.params["type"] != "detection":
                 raise DLParamError(f"write_dl_model: postprocess=True applies to detection models, not to a "
                                    f"{model.params['type']} model")
-            exported = detection_export.postprocess_graph(model.network(), model.params)
+            exported = detection_postprocess.postprocess_graph(model.network(), model.params)
             info["postprocessed"] = True
             include_solver_state = False
         else:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from onnx_dl import dataset as D
+from onnx_dl import model_type
 from onnx_dl.errors import DLDatasetError
 
 
@@ -76,7 +77,7 @@ def test_dldataset_json_round_trip_with_relative_folders(tmp_path: Path) -> None
     assert again["samples"] == dataset["samples"] and again["image_dir"] == dataset["image_dir"]
 
 
-@pytest.mark.parametrize("kind", D.DATASET_TYPES)
+@pytest.mark.parametrize("kind", model_type.names())
 def test_synthetic_datasets_read_back_to_what_was_generated(tmp_path: Path, kind: str) -> None:
     from onnx_dl import synthetic
 

@@ -14,7 +14,8 @@ from conftest import assert_unchanged, fail_on_engine_run, snapshot, weights
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_dl as dl
-from onnx_dl import anchors, detection_export, detector
+from onnx_dl import anchors
+from onnx_dl.tasks import detection_builder, detection_postprocess
 from onnx_dl.model import from_network
 from onnx_dl.synthetic import detection_samples
 
@@ -408,7 +409,7 @@ def test_builder_docks_on_the_last_map_of_each_stride_and_shares_the_heads():
                                                                    "anchor_aspect_ratios": [1.0]})
     network = model.network()
     backbone = dl.read_dl_model("classifier_compact").network()
-    maps = detector.docking_layers(backbone, model.params)
+    maps = detection_builder.docking_layers(backbone, model.params)
     assert {level: name for level, (name, _) in maps.items()} == {3: "stage2.conv.relu", 4: "stage3.down.relu"}
     outputs = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in network.graph.output}
     assert outputs == {"class_scores_level_3": ["N", 6, 16, 16], "class_scores_level_4": ["N", 6, 8, 8],
@@ -512,7 +513,7 @@ def test_postprocess_export_is_for_detectors_only(tmp_path):
 
 
 def test_export_refuses_more_pairs_than_float32_ranks_exactly(tmp_path, monkeypatch):
-    monkeypatch.setattr(detection_export, "MAX_PAIRS", 100)
+    monkeypatch.setattr(detection_postprocess, "MAX_PAIRS", 100)
     with pytest.raises(dl.DLParamError, match=r"\(anchor, class\) pairs per image"):
         dl.write_dl_model(tiny_model(), tmp_path / "big.onnx", postprocess=True)
     assert not (tmp_path / "big.onnx").exists()
@@ -527,9 +528,9 @@ def test_freeze_backbone_keeps_the_classifier_fixed_and_trains_pyramid_and_heads
     dl.train_dl_model_batch(model, detection_samples(2, 64, seed=3))
     after = weights(model)
     moved = {name for name in after if not np.array_equal(before[name], after[name])}
-    assert moved and all(name.startswith(detector.PREFIX) for name in moved), sorted(moved)[:5]
-    assert any(name.startswith(detector.PREFIX) and "bn.running" in name for name in moved)  # FPN BN trains
-    assert not any("running" in name for name in moved if not name.startswith(detector.PREFIX))
+    assert moved and all(name.startswith(detection_builder.PREFIX) for name in moved), sorted(moved)[:5]
+    assert any(name.startswith(detection_builder.PREFIX) and "bn.running" in name for name in moved)  # FPN BN trains
+    assert not any("running" in name for name in moved if not name.startswith(detection_builder.PREFIX))
 
 
 # -- evaluation -----------------------------------------------------------------------------------

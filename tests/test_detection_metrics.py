@@ -117,7 +117,7 @@ def test_bad_input_is_named():
         mean_average_precision([result([[0, 0, 1, 1]], [5], [0.5])], samples, [1])
     broken = result([[0, 0, 1, 1]], [1], [0.5])
     broken["bbox_row2"] = np.array([1.0, 2.0])
-    with pytest.raises(DLSampleError, match="result 0: expected bbox_row1, .* of equal length, got lengths"):
+    with pytest.raises(DLSampleError, match=r"result 0, key .bbox_class_id.: expected one value per box .* got lengths \[1, 1, 2, 1, 1\]"):
         mean_average_precision([broken], samples, [1])
     with pytest.raises(DLSampleError, match="result 0: expected 1 bbox_confidence values, got 2"):
         mean_average_precision([result([[0, 0, 1, 1]], [1], [0.5, 0.2])], samples, [1])

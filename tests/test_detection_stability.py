@@ -1,6 +1,6 @@
 """Detection training stays stable on data with images that hold no object (issue 13).
 
-The losses are divided by a running average of positive anchors (see :mod:`onnx_dl.detection`): a
+The losses are divided by a running average of positive anchors (see :mod:`onnx_dl.tasks.detection`): a
 step whose images are all background no longer weighs about a hundred times a normal step.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import onnx_dl as dl
-from onnx_dl import detection
+from onnx_dl.tasks import detection
 from onnx_dl.evaluation import evaluate_dl_model
 from onnx_dl.synthetic import detection_samples
 

@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import onnx_dl as dl  # noqa: E402
-from onnx_dl import detection  # noqa: E402
+from onnx_dl.tasks import detection  # noqa: E402
 from onnx_dl.evaluation import EVALUATION_MIN_CONFIDENCE, evaluate_dl_model, mean_average_precision  # noqa: E402
 from onnx_dl.synthetic import detection_samples  # noqa: E402
 

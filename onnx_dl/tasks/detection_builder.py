@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import detection, foreign
-from . import graph as g
-from . import params as P
-from .errors import DLModelFileError, DLParamError
-from .model import DLModel, from_network
-from .nets import NetBuilder, _upsample2x
-from .serialization import read_dl_model
+from .. import foreign
+from . import detection
+from .. import graph as g
+from .. import params as P
+from ..errors import DLModelFileError, DLParamError
+from ..model import DLModel, from_network
+from ..nets import NetBuilder, _upsample2x
+from ..serialization import read_dl_model
 
 CAPACITY = {"low": (32, 1), "medium": (64, 2), "high": (128, 4)}  # (pyramid and head width, head depth)
 PRIOR_PROBABILITY = 0.01  # the class heads' initial score (RetinaNet's pi)

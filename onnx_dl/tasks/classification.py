@@ -1,21 +1,54 @@
-"""Classification models: feeds of a training step and the results of ``apply_dl_model``."""
+"""Classification models: feeds of a training step, the results of ``apply_dl_model`` and their measures
+(the model-type contract of :mod:`onnx_dl.model_type`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
 
-from . import graph as g
-from . import samples as sample_checks
-from . import training_graph
-from .errors import DLParamError
-from .params import class_weight_array, image_shape
+from .. import graph as g
+from .. import measures as measure
+from .. import samples as sample_checks
+from .. import synthetic
+from .. import training_graph
+from ..errors import DLParamError
+from ..params import ParamSpec, class_weight_array, image_shape
 
+NAME = "classification"
+DATASET_KEYS = ("image_label_id",)
 RESULT_KEYS = ("classification_class_ids", "classification_class_names", "classification_confidences")
 PROBABILITIES = "confidences"  # the output a written model ends in
 SCORE_RANK = 2  # (N, K)
+PARAMS: tuple[ParamSpec, ...] = ()
+PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {}
+FIXED_AFTER_CREATION: frozenset[str] = frozenset()
+TRAINING_STATE: tuple[str, ...] = ()
+DEFAULT_CLASS_WEIGHT = 1.0
+MAIN_MEASURE, LOWER_IS_BETTER = "top1_error", True
+EVALUATION_OVERRIDES: dict[str, Any] = {}
+CLI_NETWORK, CLI_IMAGE_SIZE = "classifier_compact", 32
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """A classifier has no rules beyond the common ones."""
+
+
+def with_classes(network: onnx.ModelProto, params: dict[str, Any], class_ids: list[int]) -> onnx.ModelProto:
+    """The network with a new score layer of ``len(class_ids)`` outputs."""
+    return g.replace_head(network, g.logits_output(network)[0], len(class_ids))
+
+
+def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """Top-1 error, per-class precision and recall, the confusion matrix (:func:`onnx_dl.measures.classification_measures`)."""
+    return measure.classification_measures(results, samples, params["class_ids"])
+
+
+def synthetic_samples(count: int, size: int = 32, seed: int = 0) -> list[dict[str, Any]]:
+    """Generated images of four shapes (:func:`onnx_dl.synthetic.classification_samples`)."""
+    return synthetic.classification_samples(count, size, seed)
 
 
 def score_shape(params: dict[str, Any]) -> list[int]:

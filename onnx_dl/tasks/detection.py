@@ -1,6 +1,6 @@
 """Detection models: the heads of the graph, the feeds of a training step, and the boxes of ``apply_dl_model``.
 
-A detector's graph (built by :mod:`onnx_dl.detector`) outputs, for levels L = min_level ..
+A detector's graph (built by :mod:`onnx_dl.tasks.detection_builder`) outputs, for levels L = min_level ..
 max_level, first the class scores (N, A*K, H_L, W_L) of every level (a Sigmoid of the class
 logits), then the box deltas (N, A*4, H_L, W_L); A = anchor_num_subscales *
 len(anchor_aspect_ratios) anchors per cell, K classes.
@@ -26,27 +26,120 @@ the solver state, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
 
-from . import anchors as anchor_targets
-from . import boxes as box_ops
-from . import graph as g
-from . import samples as sample_checks
-from . import training_graph
-from .errors import DLModelFileError, DLParamError, DLSampleError
-from .onnx_builder import GraphBuilder
-from .params import class_weight_array, image_shape
+from .. import anchors as anchor_targets
+from .. import boxes as box_ops
+from .. import graph as g
+from .. import measures as measure
+from .. import samples as sample_checks
+from .. import synthetic
+from .. import training_graph
+from ..errors import DLModelFileError, DLParamError, DLSampleError
+from ..onnx_builder import GraphBuilder
+from ..params import (ParamSpec, at_least, class_weight_array, closed_unit_interval, image_shape, one_of,
+                      positive_values)
 
+NAME = "detection"
+LABEL_KEY = box_ops.LABEL_KEY
+DATASET_KEYS = (LABEL_KEY,)
 RESULT_KEYS = (*box_ops.BOX_KEYS, "bbox_class_id", "bbox_class_name", "bbox_confidence")
 BOX_KEYS = box_ops.BOX_KEYS
-LABEL_KEY = "bbox_label_id"
+SCORE_RANK = 4  # (N, A*K, H_L, W_L) per level
+FOCAL_ALPHA = 0.25  # default class weight of a detector: the focal loss's alpha (RetinaNet)
+DEFAULT_CLASS_WEIGHT = FOCAL_ALPHA
+MAIN_MEASURE, LOWER_IS_BETTER = "map_50", False
+CLI_NETWORK, CLI_IMAGE_SIZE = "classifier_compact", 128  # the command line's backbone
+EVALUATION_MIN_CONFIDENCE = 0.05
+"""The score floor of the detections an evaluation ranks: the test threshold of RetinaNet in
+detectron2 and torchvision. AP integrates precision over the whole recall range, so it needs the
+low-confidence tail that HALCON's display default ``min_confidence`` 0.5 cuts off."""
+EVALUATION_OVERRIDES = {"min_confidence": EVALUATION_MIN_CONFIDENCE}
 BOX_TOLERANCE = 0.01  # pixels a box may reach beyond the image border -0.5 .. size - 0.5 (rounding)
 NORMALIZER_MOMENTUM = 0.9  # of the positive-anchor average (detectron2's RetinaNet); 0 gives the per-step count
 NORMALIZER_PARAM = "positive_anchor_average"  # its start value is the parameter's default, 100 (detectron2's)
 HEAD_PREFIX = "detector."  # every initializer create_dl_model_detection adds (pyramid, heads) starts with it
+
+
+def axis_aligned(v: str) -> str | None:
+    """Check of ``instance_type``: 'rectangle1' only."""
+    if v == "rectangle1":
+        return None
+    return "'rectangle1' (axis-aligned boxes; oriented 'rectangle2' boxes are not supported)"
+
+
+def focal_alphas(v: list[float]) -> str | None:
+    """Check of a detector's ``class_weights``: focal alphas in [0, 1]."""
+    return None if v and 0.0 <= min(v) and max(v) <= 1.0 else "a non-empty list of focal alphas in [0, 1]"
+
+
+PARAMS = (
+    ParamSpec("backbone", "str", None, "the classifier the detector was built on (read-only)",
+              settable=False),
+    ParamSpec("backbone_docking_layers", "str_list", [], "backbone tensors feeding the pyramid, one per backbone "
+              "level from min_level up (default: found by shape inference)"),
+    ParamSpec("min_level", "int", 2, "lowest pyramid level with heads; level L has stride 2**L", at_least(1)),
+    ParamSpec("max_level", "int", 4, "highest pyramid level with heads; image sides must be divisible by "
+              "2**max_level", at_least(1)),
+    ParamSpec("anchor_num_subscales", "int", 3, "anchor sizes per level: 4 * 2**L * 2**(i / subscales)",
+              at_least(1)),
+    ParamSpec("anchor_aspect_ratios", "float_list", [1.0, 2.0, 0.5], "anchor height / width ratios",
+              positive_values),
+    ParamSpec("capacity", "str", "medium", "width and depth of the pyramid and heads",
+              one_of("low", "medium", "high")),
+    ParamSpec("instance_type", "str", "rectangle1", "box type: 'rectangle1' (axis-aligned)", axis_aligned),
+    ParamSpec("class_heads_weight", "float", 1.0, "factor of the focal loss of the class heads", at_least(0.0)),
+    ParamSpec("bbox_heads_weight", "float", 1.0, "factor of the Huber loss of the box heads", at_least(0.0)),
+    ParamSpec("min_confidence", "float", 0.5, "boxes scoring below this are dropped before NMS",
+              closed_unit_interval),
+    ParamSpec("max_overlap", "float", 0.5, "per-class NMS: a box whose IoU with a better one of its class "
+              "exceeds this is dropped", closed_unit_interval),
+    ParamSpec("max_overlap_class_agnostic", "float", 1.0, "NMS over all classes after the per-class NMS "
+              "(1.0: off)", closed_unit_interval),
+    ParamSpec("max_num_detections", "int", 100, "at most this many boxes per image", at_least(1)),
+    ParamSpec("positive_anchor_average", "float", 100.0, "running average of the positive anchors per training "
+              "step, the divisor of the focal and Huber losses (read-only; training state: 100 before the first "
+              "step, then 0.9 * average + 0.1 * max(positives of the step, 1))", at_least(1.0),
+              settable=False),
+)
+PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {"class_weights": focal_alphas}
+# the architecture: given at creation (create_dl_model_detection), refused by set_dl_model_param afterwards
+FIXED_AFTER_CREATION = frozenset({"image_width", "image_height", "image_dimensions", "min_level", "max_level",
+                                  "anchor_num_subscales", "anchor_aspect_ratios", "capacity", "instance_type",
+                                  "backbone_docking_layers"})
+TRAINING_STATE = (NORMALIZER_PARAM,)
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """A detector's levels are ordered and its image sides divisible by the coarsest stride."""
+    low, high = params["min_level"], params["max_level"]
+    if high < low:
+        raise DLParamError(f"parameters 'min_level' <= 'max_level' expected, got {low} and {high}")
+    stride = 2**high
+    width, height = params.get("image_width"), params.get("image_height")
+    if width is not None and height is not None and (width % stride or height % stride):
+        raise DLParamError(f"a detector with max_level {high} needs image sides divisible by 2**{high} = {stride} "
+                           f"(the stride of its coarsest level), got {width} x {height}")
+
+
+def with_classes(network: onnx.ModelProto, params: dict[str, Any], class_ids: list[int]) -> onnx.ModelProto:
+    """Refused: the heads' width depends on the class count."""
+    raise DLParamError(f"parameter 'class_ids': a detection model keeps the {len(params['class_ids'])} classes it "
+                       f"was created with (num_classes); got {len(class_ids)} ids")
+
+
+def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """COCO mAP@0.5 and mAP@[0.5:0.95], AP per class (:func:`onnx_dl.measures.detection_measures`)."""
+    return measure.detection_measures(results, samples, params["class_ids"])
+
+
+def synthetic_samples(count: int, size: int = 128, seed: int = 0) -> list[dict[str, Any]]:
+    """Generated images with up to four boxed shapes of three classes (:func:`onnx_dl.synthetic.detection_samples`)."""
+    return synthetic.detection_samples(count, size, seed)
 
 
 def head_weights(network: onnx.ModelProto) -> set[str]:
@@ -131,46 +224,10 @@ def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
     return training_graph.detection(network, dims, levels(params), logits, deltas, trainable)
 
 
-def _coordinates(sample: dict[str, Any], index: int, key: str) -> np.ndarray:
-    """A sample's 1-D array under ``key`` (one number counts as one box), float64."""
-    raw = sample_checks._require(sample, index, key)
-    try:
-        values = np.asarray(raw)
-    except (ValueError, TypeError):  # ragged sequences, odd objects
-        values = np.asarray(None)
-    if values.dtype.kind not in "fiu" or values.ndim > 1:
-        raise DLSampleError(f"sample {index}, key {key!r}: expected a 1-D numeric array (one value per box), got "
-                            f"{sample_checks._describe(raw)}")
-    return values.reshape(-1)
-
-
-def checked_boxes(sample: dict[str, Any], index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes (G, 4) float64, labels (G,)) of one sample: 1-D arrays of equal lengths, finite
-    coordinates, row2 > row1 and col2 > col1 (where the boxes lie is not checked here)."""
-    columns = {key: _coordinates(sample, index, key) for key in (*BOX_KEYS, LABEL_KEY)}
-    lengths = {key: len(value) for key, value in columns.items()}
-    if len(set(lengths.values())) > 1:
-        raise DLSampleError(f"sample {index}, key {LABEL_KEY!r}: expected one value per box in each of "
-                            f"{list(lengths)}, got lengths {list(lengths.values())}")
-    for key in BOX_KEYS:
-        bad = np.nonzero(~np.isfinite(columns[key]))[0]
-        if len(bad):
-            raise DLSampleError(f"sample {index}, key {key!r}: expected finite coordinates, got "
-                                f"{columns[key][bad[0]]} (box {bad[0]})")
-    boxes = np.stack([columns[key].astype(np.float64) for key in BOX_KEYS], axis=1).reshape(-1, 4)
-    for first, second in ((0, 2), (1, 3)):
-        bad = np.nonzero(boxes[:, second] <= boxes[:, first])[0]
-        if len(bad):
-            raise DLSampleError(f"sample {index}, key {BOX_KEYS[second]!r}: expected a value greater than "
-                                f"{BOX_KEYS[first]} (a box of positive size), got {BOX_KEYS[first]} "
-                                f"{boxes[bad[0], first]} and {BOX_KEYS[second]} {boxes[bad[0], second]} (box {bad[0]})")
-    return boxes, columns[LABEL_KEY]
-
-
 def _sample_boxes(sample: dict[str, Any], index: int, params: dict[str, Any],
                   position: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (G, 4) float64, class indices (G,)) of one sample, validated."""
-    boxes, labels = checked_boxes(sample, index)
+    boxes, labels = box_ops.checked_boxes(sample, index)
     limits = (params["image_height"], params["image_width"], params["image_height"], params["image_width"])
     for column, (key, size) in enumerate(zip(BOX_KEYS, limits)):
         values = boxes[:, column]

@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from . import anchors as anchor_grid
-from . import boxes as box_ops
+from .. import anchors as anchor_grid
+from .. import boxes as box_ops
 from . import detection
-from .errors import DLParamError
-from .onnx_builder import GraphBuilder
+from ..errors import DLParamError
+from ..onnx_builder import GraphBuilder
 
 MAX_PAIRS = 2**24  # priorities up to this are exact float32 integers
 OUTPUTS = ("bbox_image_index", "bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_class_id",

@@ -1,0 +1,15 @@
+"""The built-in model types, each one module of the contract :class:`onnx_dl.model_type.ModelType`:
+:mod:`.classification`, :mod:`.segmentation`, :mod:`.detection` (with the detector builder
+:mod:`.detection_builder` and its boxes-and-NMS export :mod:`.detection_postprocess`).
+
+Importing this package registers them (in this order, which is the order of choices the command
+line and error messages show).
+"""
+
+from __future__ import annotations
+
+from .. import model_type
+from . import classification, detection, segmentation
+
+for _module in (classification, segmentation, detection):
+    model_type.register(_module)  # type: ignore[arg-type]  # modules satisfy the protocol structurally
