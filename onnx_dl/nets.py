@@ -1,6 +1,6 @@
 """Builders of the bundled networks, as plain ONNX graphs (He-initialised, no framework).
 
-``tools/build_models.py`` writes them to ``onnx_dl/models``; tests build small variants.
+``tools/build_models.py`` writes them to the top-level ``models/`` (shipped as ``onnx_dl.models``); tests build small variants.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Write the bundled networks to onnx_dl/models (run after changing onnx_dl/nets.py).
+"""Write the bundled networks to models/ (run after changing onnx_dl/nets.py).
+
+The wheel ships models/ as the package data ``onnx_dl.models`` (see pyproject.toml).
 
     python tools/build_models.py
 """
@@ -11,7 +13,7 @@ from pathlib import Path
 from onnx_dl import nets
 from onnx_dl.serialization import FORMAT_VERSION, METADATA_KEY, write_atomically
 
-MODELS = Path(__file__).resolve().parent.parent / "onnx_dl" / "models"
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 BUNDLED = {
     "classifier_compact": (
