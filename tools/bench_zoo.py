@@ -9,23 +9,22 @@ Needs the test extra (torch, torchvision). Per network the parent exports the mo
 same fixed batch (SGD, momentum 0.9, no weight decay; classification cross-entropy, segmentation
 per-pixel cross-entropy on the ``out`` head). The parent alternates blocks of ``--steps`` steps between
 them, flipping the order every block, with a pause between blocks so one engine's spinning threads do
-not slow the other. Reported: median ms per step of each side and the ratio onnx_dl / PyTorch (median
+not slow the other (worker processes and interleaving: ``tools/benchlib/workers.py``, shared with
+``tools/bench.py``). Reported: median ms per step of each side and the ratio onnx_dl / PyTorch (median
 over paired blocks), for each thread count.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-BLOCK_GAP_S = 0.25
+from benchlib.report import paired_ratios
+from benchlib.workers import Worker, close_all, interleave, serve, timed_steps
+
 # network: (task, image size, batch)
 NETWORKS: dict[str, tuple[str, int, int]] = {
     "resnet18": ("classification", 128, 8),
@@ -66,7 +65,8 @@ def batch(name: str) -> tuple[Any, Any]:
 class OnnxDlSide:
     """onnx_dl training the exported file."""
 
-    def __init__(self, name: str, path: str, threads: int) -> None:
+    def setup(self, name: str, path: str, threads: int) -> dict[str, Any]:
+        """Read the file, set the solver, build the fixed samples and run the first step (sessions, allocation)."""
         import onnx_dl as dl
 
         self.dl = dl
@@ -79,15 +79,27 @@ class OnnxDlSide:
         key = "segmentation_image" if task == "segmentation" else "image_label_id"
         self.samples = [{"image": images[i], key: labels[i].astype("uint8") if task == "segmentation" else int(labels[i])}
                         for i in range(count)]
+        self.step()
+        return {}
 
     def step(self) -> float:
+        """One training step; its total loss."""
         return self.dl.train_dl_model_batch(self.model, self.samples)["total_loss"]
+
+    def run(self, steps: int) -> dict[str, Any]:
+        """``steps`` timed steps."""
+        return timed_steps(self.step, steps)
+
+    def finish(self) -> dict[str, Any]:
+        """Nothing to report."""
+        return {}
 
 
 class TorchSide:
     """PyTorch eager training the module."""
 
-    def __init__(self, name: str, path: str, threads: int) -> None:
+    def setup(self, name: str, path: str, threads: int) -> dict[str, Any]:
+        """Build the module and the fixed batch and run the first step (``path``, the export, is onnx_dl's)."""
         import torch
 
         self.torch = torch
@@ -98,8 +110,11 @@ class TorchSide:
         self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
         self.labels = torch.from_numpy(labels).long()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
+        self.step()
+        return {}
 
     def step(self) -> float:
+        """One training step; its loss."""
         output = self.net(self.images)
         if self.task == "segmentation":
             output = output["out"]
@@ -107,42 +122,18 @@ class TorchSide:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return loss.item()
+
+    def run(self, steps: int) -> dict[str, Any]:
+        """``steps`` timed steps."""
+        return timed_steps(self.step, steps)
+
+    def finish(self) -> dict[str, Any]:
+        """Nothing to report."""
+        return {}
 
 
-def worker(side: str, name: str, path: str, threads: int) -> None:
-    """Serve ``run N`` commands on stdin with the step times (s) on stdout, one JSON line each."""
-    engine = (OnnxDlSide if side == "onnx_dl" else TorchSide)(name, path, threads)
-    engine.step()  # the first step builds sessions and allocates
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        times = []
-        for _ in range(int(line.split()[1])):
-            start = time.perf_counter()
-            engine.step()
-            times.append(time.perf_counter() - start)
-        print(json.dumps(times), flush=True)
-
-
-class Worker:
-    """One engine in a child process."""
-
-    def __init__(self, side: str, name: str, path: str, threads: int) -> None:
-        self.process = subprocess.Popen([sys.executable, __file__, "--worker", side, name, path, str(threads)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        json.loads(self.process.stdout.readline())
-
-    def run(self, steps: int) -> list[float]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"run {steps}\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait()
+SIDES = {"onnx_dl": OnnxDlSide, "torch": TorchSide}
 
 
 def bench(name: str, threads: int, blocks: int, steps: int, folder: Path) -> dict[str, Any]:
@@ -156,31 +147,24 @@ def bench(name: str, threads: int, blocks: int, steps: int, folder: Path) -> dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dl.export_torch(build(name), path, NETWORKS[name][1])
-    sides = {side: Worker(side, name, str(path), threads) for side in ("onnx_dl", "torch")}
-    times: dict[str, list[float]] = {side: [] for side in sides}
-    ratios = []
+    sides = {side: Worker(__file__, side) for side in SIDES}
     try:
-        for block in range(blocks):
-            order = list(sides) if block % 2 == 0 else list(reversed(sides))
-            medians = {}
-            for side in order:
-                time.sleep(BLOCK_GAP_S)
-                block_times = sides[side].run(steps)
-                times[side] += block_times
-                medians[side] = statistics.median(block_times)
-            ratios.append(medians["onnx_dl"] / medians["torch"])
-    finally:
         for side in sides.values():
-            side.close()
-    ours, theirs = (1000 * statistics.median(times[s]) for s in ("onnx_dl", "torch"))
+            side.call("setup", name=name, path=str(path), threads=threads)
+        runs = interleave(sides, blocks, steps)
+        for side in sides.values():
+            side.call("finish")
+    finally:
+        close_all(list(sides.values()))
+    ours, theirs = (1000 * statistics.median([t for block in runs[s] for t in block["times"]]) for s in ("onnx_dl", "torch"))
     return {"network": name, "threads": threads, "onnx_dl_ms": ours, "torch_ms": theirs,
-            "ratio": statistics.median(ratios)}
+            "ratio": statistics.median(paired_ratios(runs))}
 
 
 def main() -> None:
     """Run the benchmark and print (or write) a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--networks", default=",".join(NETWORKS))
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--blocks", type=int, default=6)
@@ -188,8 +172,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     if args.worker:
-        side, name, path, threads = args.worker
-        worker(side, name, path, int(threads))
+        serve(SIDES[args.worker]())
         return
     lines = ["| network | task, image, batch | threads | onnx_dl ms | PyTorch ms | ratio |", "|---|---|---|---|---|---|"]
     print(*lines, sep="\n", flush=True)
