@@ -7,6 +7,7 @@ batch-norm running statistics are updated on the host from the batch statistics 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,16 +18,35 @@ from .errors import DLNonFiniteError, DLParamError
 from .training_graph import TrainingGraph
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What a step needs of an engine: ``session(graph, runtime, threads, deterministic)`` builds the
+    training session (``run(feeds) -> outputs`` adding to the gradients, ``reset_grad()``,
+    ``bn_outputs``, ``weights()``, ``load_weights(values)``) and ``solver(kind, session, runtime,
+    threads, deterministic, state=, step=)`` the solver over its parameters (``apply(params)``, ``kind``,
+    ``step_count``, ``state_arrays()``, ``load_state(state)``). :data:`ONNX_RUNTIME` is the one the
+    library uses; tests of this layer pass a fake (tests/test_trainer.py)."""
+
+    session: Any
+    solver: Any
+
+
+ONNX_RUNTIME = Engine(session=TrainingSession, solver=Solver)
+
+
 class Trainer:
     """The engine session, the solver and the batch-norm running statistics of one model."""
 
     def __init__(self, tg: TrainingGraph, running_stats: dict[str, np.ndarray], params: dict[str, Any],
                  runtime: str, threads: int, deterministic: bool,
-                 solver_state: dict[str, dict[str, np.ndarray]] | None = None, solver_steps: int = 0) -> None:
+                 solver_state: dict[str, dict[str, np.ndarray]] | None = None, solver_steps: int = 0,
+                 engine: Engine = ONNX_RUNTIME) -> None:
         self.graph = tg
-        self.session = TrainingSession(tg, runtime, threads, deterministic)
+        self.engine = engine
+        self.session = engine.session(tg, runtime, threads, deterministic)
         self._engine = (runtime, threads, deterministic)
-        self.solver = Solver(params["solver_type"], self.session, *self._engine, state=solver_state, step=solver_steps)
+        self.solver = engine.solver(params["solver_type"], self.session, *self._engine, state=solver_state,
+                                    step=solver_steps)
         self.running = {name: np.array(value, np.float32) for name, value in running_stats.items()}
 
     def _check_batchnorm_size(self, chunk_size: int) -> None:
@@ -47,7 +67,7 @@ class Trainer:
         self._check_batchnorm_size(chunk_size)
         solver = self.solver
         if solver.kind != params["solver_type"]:  # a new solver starts from a zero state
-            solver = Solver(params["solver_type"], self.session, *self._engine)
+            solver = self.engine.solver(params["solver_type"], self.session, *self._engine)
         totals = dict.fromkeys(self.graph.losses, 0.0)
         batch_stats = []
         try:
