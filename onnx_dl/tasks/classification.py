@@ -61,20 +61,27 @@ def head_weights(network: onnx.ModelProto) -> set[str]:
     return g.score_layer_weights(network)
 
 
-def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, list[int]]:
-    """The shape per image of the network's scores: {logits: (K,)}."""
-    return {g.logits_output(network)[0]: score_shape(params)}
+def score_functions(score_shape: Callable[[dict[str, Any]], list[int]], rank: int) -> tuple[Any, Any, Any]:
+    """``output_shapes``, ``num_classes`` and ``inference_graph`` of a model type whose network ends in
+    class scores of ``score_shape(params)`` per image, class axis 1 of ``rank`` (a classifier's, a
+    segmentation model's)."""
+
+    def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, list[int]]:
+        """{the network's score output: its shape per image}."""
+        return {g.logits_output(network)[0]: score_shape(params)}
+
+    def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
+        """K of the network's class scores (axis 1), at the model's image size."""
+        return g.score_classes(network, [1, *image_shape(params)], rank)
+
+    def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
+        """A copy of the network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
+        return g.with_probabilities(network, PROBABILITIES, ["N", *score_shape(params)])
+
+    return output_shapes, num_classes, inference_graph
 
 
-def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
-    """K of the network's class scores."""
-    dims = [1, *image_shape(params)]
-    return g.score_classes(network, dims, SCORE_RANK)
-
-
-def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
-    """A copy of the network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
-    return g.with_probabilities(network, PROBABILITIES, ["N", *score_shape(params)])
+output_shapes, num_classes, inference_graph = score_functions(score_shape, SCORE_RANK)
 
 
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .. import graph as g
 from .. import measures as measure
 from .. import samples as sample_checks
 from .. import synthetic
 from .. import training_graph
 from ..errors import DLParamError, DLSampleError
-from .classification import PROBABILITIES, with_classes
+from .classification import head_weights, score_functions, with_classes  # noqa: F401 (contract names: the
+# score layer is frozen and replaced as a classifier's)
 from ..params import ParamSpec, class_weight_array, image_shape, nonnegative_ids
 
 NAME = "segmentation"
@@ -30,7 +30,6 @@ DEFAULT_CLASS_WEIGHT = 1.0
 MAIN_MEASURE, LOWER_IS_BETTER = "mean_iou", False
 EVALUATION_OVERRIDES: dict[str, Any] = {}
 CLI_NETWORK, CLI_IMAGE_SIZE = "segmentation_compact", 64
-__all__ = ["with_classes"]  # a score layer is replaced as a classifier's is
 
 
 def check_params(params: dict[str, Any]) -> None:
@@ -57,25 +56,7 @@ def score_shape(params: dict[str, Any]) -> list[int]:
     return [len(params["class_ids"]), params["image_height"], params["image_width"]]
 
 
-def head_weights(network: onnx.ModelProto) -> set[str]:
-    """What ``freeze_backbone`` keeps trainable: the layer that produces the scores."""
-    return g.score_layer_weights(network)
-
-
-def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, list[int]]:
-    """The shape per image of the network's scores: {logits: (K, H, W)}."""
-    return {g.logits_output(network)[0]: score_shape(params)}
-
-
-def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
-    """K of the network's class scores."""
-    dims = [1, *image_shape(params)]
-    return g.score_classes(network, dims, SCORE_RANK)
-
-
-def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
-    """A copy of the network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
-    return g.with_probabilities(network, PROBABILITIES, ["N", *score_shape(params)])
+output_shapes, num_classes, inference_graph = score_functions(score_shape, SCORE_RANK)
 
 
 def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
