@@ -25,7 +25,7 @@ from onnx import TensorProto
 
 from . import batch_axis, canonical, folded_batchnorm
 from . import graph as g
-from . import rewrites
+from . import rewrites, score_head
 from .errors import DLModelFileError
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
@@ -149,7 +149,7 @@ def gradient_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     for node in model.graph.node:  # nodes are in topological order (checked)
         if any(name in depends for name in node.input):
             depends.update(o for o in node.output if o in float_tensors)
-    roots = [g.logits_output(model)[0]] + [o.name for o in model.graph.output[1:]]
+    roots = [score_head.logits_output(model)[0]] + [o.name for o in model.graph.output[1:]]
     needed = set().union(*(_ancestors(model, root) for root in roots))
     return [node for node in model.graph.node
             if any(name in depends for name in node.input) and any(o in needed and o in depends for o in node.output)]

@@ -1,5 +1,6 @@
-"""Reading and editing inference graphs: the image input, the logits, which initializers are
-trained weights, biases or batch-norm statistics, fixed input shapes and head replacement."""
+"""Reading and editing inference graphs: the image input, which initializers are trained weights,
+biases or batch-norm statistics, inference and training forms, fixed input shapes and tensor shapes
+(the score layer of a classifier: :mod:`onnx_dl.score_head`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from onnx import TensorProto, numpy_helper
 
 from .engine import runtime
 from .errors import DLModelFileError
-from .onnx_builder import IR_VERSION, MAX_OPSET, MIN_OPSET, OPSET, GraphBuilder, default_opset
+from .onnx_builder import IR_VERSION, MAX_OPSET, MIN_OPSET, OPSET, default_opset
 
 # Input positions that hold weights, per operator; other float initializers are constants.
 _WEIGHT_INPUTS = {
@@ -26,7 +27,7 @@ _BIAS_INPUTS = {
     "InstanceNormalization": (2,), "LayerNormalization": (2,), "Add": (0, 1), "Sub": (0, 1),
 }
 _ELEMENTWISE = ("Add", "Sub", "Mul")
-_SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Identity")
+SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Identity")  # operators that only reshape
 
 
 @dataclass(frozen=True)
@@ -83,47 +84,6 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, in
         for pos, name in enumerate(node.input):
             uses.setdefault(name, []).append((node, pos))
     return uses
-
-
-def logits_output(model: onnx.ModelProto) -> tuple[str, str | None]:
-    """(logits, probabilities) of the first graph output.
-
-    When the output is produced by a Softmax over the class axis, the logits are its input and the
-    output itself holds the probabilities; otherwise the output is the logits and there is no
-    probability tensor yet.
-    """
-    out = model.graph.output[0].name
-    node = producers(model).get(out)
-    if node is not None and node.op_type == "Softmax":
-        axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if default_opset(model) >= 13 else 1)
-        if axis in (1, -1):
-            return node.input[0], out
-    return out, None
-
-
-def with_probabilities(network: onnx.ModelProto, name: str, shape: list[int | str]) -> onnx.ModelProto:
-    """A copy of ``network`` whose one output is the softmax over axis 1 of its logits, named ``name`` with
-    ``shape`` unless the graph declares one (a network already ending in a Softmax is copied as is)."""
-    logits, probabilities = logits_output(network)
-    model = copy.deepcopy(network)
-    if probabilities is not None:
-        return model
-    b = GraphBuilder(model.graph)
-    declared = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-    del model.graph.output[:]
-    b.op("Softmax", [logits], name=name, axis=1)
-    b.output(name, declared or shape)
-    return model
-
-
-def score_classes(network: onnx.ModelProto, dims: list[int], rank: int) -> int:
-    """K of the class scores (N, K) or (N, K, H, W) (``rank`` 2 or 4) the network maps images of ``dims`` to."""
-    logits, _ = logits_output(network)
-    shape = tensor_shapes(with_input_shape(network, dims)).get(logits)
-    if not shape or len(shape) != rank or shape[1] is None:
-        expected = "(N, K)" if rank == 2 else "(N, K, H, W)"
-        raise DLModelFileError(f"output {logits!r}: expected class scores of shape {expected}, got {shape}")
-    return shape[1]
 
 
 # Operators that only lay a tensor out anew: a weight read through them is still that weight
@@ -313,151 +273,6 @@ def supported_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     if model.ir_version > 10:
         model = copy.deepcopy(model)
         model.ir_version = max(IR_VERSION, min(model.ir_version, 10))
-    return model
-
-
-# Between the classification layer and the logits: nodes that act on each class channel alone.
-_CLASSWISE = ("Relu", "LeakyRelu", "Clip", "Dropout", "GlobalAveragePool", "GlobalMaxPool")
-_SPATIAL_REDUCE = ("ReduceMean", "ReduceMax")
-_HEAD_LAYERS = ("Gemm", "MatMul", "Conv")
-
-
-def _int_constant(model: onnx.ModelProto, name: str) -> list[int] | None:
-    """The values of an int64 initializer or Constant node output ``name``; None if it is neither."""
-    init = initializers(model).get(name)
-    if init is not None:
-        return [int(v) for v in numpy_helper.to_array(init).reshape(-1)]
-    node = producers(model).get(name)
-    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-        return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).reshape(-1)]
-    return None
-
-
-def _keeps_classes(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
-    """Whether ``node`` maps each class channel (axis 1) on its own: shape-only, elementwise, or a
-    pooling/reduction over spatial axes only."""
-    if node.op_type in _SHAPE_ONLY or node.op_type in _CLASSWISE:
-        return True
-    if node.op_type not in _SPATIAL_REDUCE:
-        return False
-    attribute = next((a for a in node.attribute if a.name == "axes"), None)
-    axes = list(attribute.ints) if attribute is not None else (
-        _int_constant(model, node.input[1]) if len(node.input) > 1 and node.input[1] else None)
-    return bool(axes) and all(a >= 2 or -2 <= a < 0 for a in axes or [])
-
-
-def _head_path(model: onnx.ModelProto, logits: str) -> tuple[onnx.NodeProto, list[onnx.NodeProto]]:
-    """The Gemm, MatMul(+Add) or Conv that produces the logits, and the class-wise nodes after it
-    (a squeezenet-like head: Conv 1x1 -> ReLU -> global pool -> Flatten)."""
-    made_by = producers(model)
-    node = made_by.get(logits)
-    path: list[onnx.NodeProto] = []
-    while node is not None and _keeps_classes(model, node):
-        path.append(node)
-        node = made_by.get(node.input[0])
-    if node is not None and node.op_type == "Add" and any(name in initializers(model) for name in node.input):
-        operands = [made_by.get(name) for name in node.input]  # a layer's bias added after it
-        node = next((n for n in operands if n is not None and n.op_type in _HEAD_LAYERS), node)
-    if node is None or node.op_type not in _HEAD_LAYERS:
-        found = "nothing" if node is None else f"{node.op_type} {node.name!r}"
-        raise DLModelFileError(
-            f"cannot replace the classification layer: expected a Gemm, MatMul(+Add) or Conv producing "
-            f"{logits!r} (through shape-only, class-wise activation, global pooling or spatial reduction "
-            f"nodes), found {found}"
-        )
-    return node, path
-
-
-def _head_targets(model: onnx.ModelProto, node: onnx.NodeProto) -> list[tuple[str, int]]:
-    """(initializer, class axis) of the weights and biases of the classification layer ``node``."""
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return [(node.input[1], 0 if trans_b else 1)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
-    if node.op_type == "Conv":
-        return [(node.input[1], 0)] + ([(node.input[2], 0)] if len(node.input) > 2 else [])
-    inits = initializers(model)  # MatMul: weights (D, K); a following Add holds the bias
-    after = [n for n in model.graph.node if n.op_type == "Add" and node.output[0] in n.input]
-    return [(node.input[1], 1)] + [(name, 0) for n in after for name in n.input if name in inits]
-
-
-def score_layer_weights(model: onnx.ModelProto) -> set[str]:
-    """The initializers of the layer producing the first output's logits."""
-    return set(head_weights(model, logits_output(model)[0]))
-
-
-def head_weights(model: onnx.ModelProto, logits: str) -> list[str]:
-    """The initializers of the layer producing ``logits`` (what ``freeze_backbone`` keeps trainable)."""
-    return [name for name, _ in _head_targets(model, _head_path(model, logits)[0])]
-
-
-def _add_bias(model: onnx.ModelProto, node: onnx.NodeProto, num_classes: int) -> None:
-    """Give the classification layer ``node`` a zero bias when it has none (the dynamo exporter drops
-    an all-zero bias, and a new layer without one could not learn class priors)."""
-    has_bias = bool(node.op_type in ("Gemm", "Conv") and len(node.input) > 2 and node.input[2]) or (
-        node.op_type == "MatMul" and len(_head_targets(model, node)) > 1)
-    if has_bias:
-        return
-    b = GraphBuilder(model.graph, prefix="head/")
-    bias = b.const(np.zeros(num_classes, np.float32), f"{node.input[1]}_bias")
-    if node.op_type in ("Gemm", "Conv"):  # Gemm's C (K,) broadcasts over (N, K)
-        del node.input[2:]
-        node.input.append(bias)
-        return
-    out = node.output[0]
-    node.output[0] = b.fresh("matmul")
-    index = list(model.graph.node).index(node)
-    model.graph.node.insert(index + 1, onnx.helper.make_node("Add", [node.output[0], bias], [out],
-                                                              name=b.fresh("bias_add_node")))
-
-
-def _resize_reshapes(model: onnx.ModelProto, path: list[onnx.NodeProto], old: int, new: int) -> None:
-    """Reshapes after the classification layer whose constant target holds the class count (the dynamo
-    exporter writes ``Reshape(x, [-1, K])``) get a target with the new count."""
-    b = GraphBuilder(model.graph, prefix="head/")
-    for node in path:
-        if node.op_type != "Reshape":
-            continue
-        target = _int_constant(model, node.input[1])
-        if target is not None and len(target) >= 2 and target[1] == old:
-            node.input[1] = b.const(np.array([target[0], new, *target[2:]], np.int64), "reshape_target")
-
-
-def replace_head(model: onnx.ModelProto, logits: str, num_classes: int, seed: int = 0) -> onnx.ModelProto:
-    """A copy whose last layer predicts ``num_classes`` classes, freshly initialised.
-
-    Initialisation: weights ~ Normal(0, 0.01), biases 0 (the usual choice for a new classifier
-    on pretrained features; a layer without a bias gets one). Only the output dimension changes;
-    everything before stays as is, class-wise nodes after the layer (activation, global pooling,
-    flattening) are kept.
-    """
-    model = copy.deepcopy(model)
-    layer, path = _head_path(model, logits)
-    inits = initializers(model)
-    rng = np.random.default_rng(seed)
-    old_classes = None
-    for name, axis in _head_targets(model, layer):
-        if name not in inits:
-            raise DLModelFileError(f"cannot replace the classification layer: {name!r} is not an initializer")
-        old = numpy_helper.to_array(inits[name])
-        shape = list(old.shape)
-        class_axis = axis if old.ndim > 1 else 0
-        old_classes = shape[class_axis] if old_classes is None else old_classes
-        shape[class_axis] = num_classes
-        is_bias = old.ndim == 1
-        fresh = np.zeros(shape, np.float32) if is_bias else rng.normal(0.0, 0.01, shape).astype(np.float32)
-        inits[name].CopyFrom(numpy_helper.from_array(fresh, name))
-    _add_bias(model, layer, num_classes)
-    if old_classes is not None:
-        _resize_reshapes(model, path, old_classes, num_classes)
-    for out in model.graph.output:
-        dims = out.type.tensor_type.shape.dim
-        if len(dims) >= 2 and dims[1].HasField("dim_value"):
-            dims[1].dim_value = num_classes
-    del model.graph.value_info[:]
-    shape = tensor_shapes(model).get(logits)
-    if shape and len(shape) >= 2 and shape[1] is not None and shape[1] != num_classes:
-        raise DLModelFileError(f"cannot replace the classification layer {layer.name!r}: after it the scores "
-                               f"{logits!r} have shape {shape}, not {num_classes} classes on axis 1")
     return model
 
 

@@ -14,6 +14,7 @@ from onnx import TensorProto
 
 from . import batch_axis, foreign, losses, rewrites
 from . import graph as g
+from . import score_head
 from .onnx_builder import GraphBuilder
 
 TOTAL = "total_loss"
@@ -83,7 +84,7 @@ def classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], n
     ``ce_normalizer`` (sum of the weights of all samples of the step), ``weight_prior``.
     """
     model, b = _loss_graph(forward, image_dims)
-    logits, _ = g.logits_output(forward)
+    logits, _ = score_head.logits_output(forward)
     image = g.image_input(model).name
     b.input("labels", ["N"], TensorProto.INT64)
     b.input("class_weights", [num_classes])
@@ -103,7 +104,7 @@ def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num
     ``weight_prior``.
     """
     model, b = _loss_graph(forward, image_dims)
-    logits, _ = g.logits_output(forward)
+    logits, _ = score_head.logits_output(forward)
     image = g.image_input(model).name
     height, width = image_dims[1], image_dims[2]
     b.input("labels", ["N", height, width], TensorProto.INT64)

@@ -14,6 +14,7 @@ from foreign_models import dropout_style, keras_style, torch_segmentation, torch
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_dl as dl
+from onnx_dl import score_head
 from onnx_dl.engine import runtime
 from onnx_dl.foreign import GRADIENT_OPS
 
@@ -87,7 +88,7 @@ def test_exporter_patterns_load_train_retarget_freeze_and_export(tmp_path: Path,
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
     after = _initializers(model)
     head = {n for n in after if not np.array_equal(before[n], after[n])}
-    assert head and all(n in dl.graph.head_weights(model.network(), dl.graph.logits_output(model.network())[0])
+    assert head and all(n in score_head.head_weights(model.network(), score_head.logits_output(model.network())[0])
                         for n in head), head  # only the score layer moved; BN statistics included
 
     path = tmp_path / "exported.onnx"

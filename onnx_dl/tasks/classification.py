@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .. import graph as g
+from .. import score_head
 from .. import measures as measure
 from .. import samples as sample_checks
 from .. import synthetic
@@ -38,7 +38,7 @@ def check_params(params: dict[str, Any]) -> None:
 
 def with_classes(network: onnx.ModelProto, params: dict[str, Any], class_ids: list[int]) -> onnx.ModelProto:
     """The network with a new score layer of ``len(class_ids)`` outputs."""
-    return g.replace_head(network, g.logits_output(network)[0], len(class_ids))
+    return score_head.replace_head(network, score_head.logits_output(network)[0], len(class_ids))
 
 
 def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def score_shape(params: dict[str, Any]) -> list[int]:
 
 def head_weights(network: onnx.ModelProto) -> set[str]:
     """What ``freeze_backbone`` keeps trainable: the layer that produces the scores."""
-    return g.score_layer_weights(network)
+    return score_head.score_layer_weights(network)
 
 
 def score_functions(score_shape: Callable[[dict[str, Any]], list[int]], rank: int) -> tuple[Any, Any, Any]:
@@ -68,15 +68,15 @@ def score_functions(score_shape: Callable[[dict[str, Any]], list[int]], rank: in
 
     def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, list[int]]:
         """{the network's score output: its shape per image}."""
-        return {g.logits_output(network)[0]: score_shape(params)}
+        return {score_head.logits_output(network)[0]: score_shape(params)}
 
     def num_classes(network: onnx.ModelProto, params: dict[str, Any]) -> int:
         """K of the network's class scores (axis 1), at the model's image size."""
-        return g.score_classes(network, [1, *image_shape(params)], rank)
+        return score_head.score_classes(network, [1, *image_shape(params)], rank)
 
     def inference_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
         """A copy of the network ending in class probabilities over axis 1 (what ``write_dl_model`` writes)."""
-        return g.with_probabilities(network, PROBABILITIES, ["N", *score_shape(params)])
+        return score_head.with_probabilities(network, PROBABILITIES, ["N", *score_shape(params)])
 
     return output_shapes, num_classes, inference_graph
 

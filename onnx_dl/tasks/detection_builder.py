@@ -32,6 +32,7 @@ import onnx
 from .. import foreign
 from . import detection
 from .. import graph as g
+from .. import score_head
 from .. import params as P
 from ..errors import DLModelFileError, DLParamError
 from ..model import DLModel, from_network
@@ -152,7 +153,7 @@ def _feature_maps(network: onnx.ModelProto) -> list[str]:
     A node that also reads a feature map does not: the channel gate of a squeeze-and-excitation
     block (efficientnet, mobilenet_v3: x * gate(GlobalAveragePool(x))) yields a feature map.
     """
-    needed = foreign._ancestors(network, g.logits_output(network)[0])
+    needed = foreign._ancestors(network, score_head.logits_output(network)[0])
     constants = set(g.initializers(network)) | {out for node in network.graph.node if node.op_type == "Constant"
                                                 for out in node.output}
     after_pooling: set[str] = set()
