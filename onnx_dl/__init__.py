@@ -23,6 +23,7 @@ from .model import DLModel
 from .operators import (
     apply_dl_model,
     create_dl_model_detection,
+    create_dl_model_multi_label_classification,
     get_dl_model_param,
     set_dl_model_param,
     train_dl_model_batch,
@@ -34,6 +35,7 @@ from .torch_export import export_torch
 __all__ = [
     "DLError", "DLFoldedBatchNormWarning", "DLModel", "DLModelFileError", "DLNonFiniteError", "DLParamError",
     "DLRuntimeError", "DLSampleError", "DLWarning",
-    "apply_dl_model", "bundled_models", "create_dl_model_detection", "export_torch", "get_dl_model_param", "get_system",
+    "apply_dl_model", "bundled_models", "create_dl_model_detection",
+    "create_dl_model_multi_label_classification", "export_torch", "get_dl_model_param", "get_system",
     "read_dl_model", "set_dl_model_param", "set_system", "train_dl_model_batch", "write_dl_model",
 ]

@@ -22,7 +22,8 @@ from .boxes import BOX_KEYS
 from .errors import DLError
 from .evaluation import evaluate_dl_model
 from .model import DLModel
-from .operators import apply_dl_model, create_dl_model_detection, get_dl_model_param, set_dl_model_param
+from .operators import (apply_dl_model, create_dl_model_detection, create_dl_model_multi_label_classification,
+                        get_dl_model_param, set_dl_model_param)
 from .serialization import read_dl_model, write_dl_model
 from .solvers import SOLVERS
 
@@ -47,7 +48,8 @@ def _dataset(args: argparse.Namespace, run: Path) -> dict[str, Any]:
 
 
 def _model_for(dataset: dict[str, Any], args: argparse.Namespace) -> DLModel:
-    """The model to train: read (or, for detection, built on a backbone) and fitted to the dataset."""
+    """The model to train: read (or, for detection and multi-label classification, built on a classifier
+    backbone) and fitted to the dataset."""
     kind = ds.dataset_type(dataset)
     bundled = [t.CLI_NETWORK for t in model_type.registered()]
     source = args.model or model_type.get(kind).CLI_NETWORK
@@ -56,6 +58,9 @@ def _model_for(dataset: dict[str, Any], args: argparse.Namespace) -> DLModel:
         model = create_dl_model_detection(source, len(dataset["class_ids"]), {
             "image_width": size, "image_height": size, "class_ids": dataset["class_ids"],
             "class_names": dataset["class_names"]})
+    elif kind == "multi_label_classification":
+        model = create_dl_model_multi_label_classification(source, dataset["class_ids"], {
+            "class_names": dataset["class_names"], "image_dimensions": [size, size, 3]})
     else:
         model = read_dl_model(source, type=None if source in bundled else kind)
         set_dl_model_param(model, "class_ids", dataset["class_ids"])
@@ -119,6 +124,9 @@ def apply(args: argparse.Namespace) -> int:
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     """A printable result: the best class, a histogram of a label image, or the boxes."""
+    if "classification_all_confidences" in result:  # multi-label: every class present
+        return {"class_ids": result["classification_class_ids"], "class_names": result["classification_class_names"],
+                "confidences": [round(c, 4) for c in result["classification_confidences"]]}
     if "classification_class_ids" in result:
         return {"class_id": result["classification_class_ids"][0], "class_name": result["classification_class_names"][0],
                 "confidence": round(result["classification_confidences"][0], 4)}
@@ -149,8 +157,10 @@ def draw_result(image: np.ndarray, result: dict[str, Any], params: dict[str, Any
             colour = colours[params["class_ids"].index(int(cid)) % len(colours)]
             draw.rectangle([c1 + 0.5, r1 + 0.5, c2 - 0.5, r2 - 0.5], outline=colour)
             draw.text((c1 + 1.5, r1 + 0.5), f"{int(cid)} {conf:.2f}", fill=colour)
-    else:
-        draw.text((2, 2), f"{result['classification_class_names'][0]} {result['classification_confidences'][0]:.2f}",
+    else:  # classes best first; a multi-label result lists every class present (maybe none)
+        lines = [f"{name} {confidence:.2f}" for name, confidence in
+                 zip(result["classification_class_names"], result["classification_confidences"])]
+        draw.text((2, 2), "\n".join(lines[:1] if "classification_all_confidences" not in result else lines) or "-",
                   fill=(255, 255, 0))
     picture.save(path)
 

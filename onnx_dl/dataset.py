@@ -3,13 +3,14 @@ turning dataset entries into raw samples.
 
 A DLDataset is a plain dict: ``class_ids``, ``class_names``, ``image_dir`` (absolute),
 ``samples`` (dicts with ``image_file_name`` relative to ``image_dir``, ``image_id`` and the
-annotation: ``image_label_id``; or ``bbox_row1``/``bbox_col1``/``bbox_row2``/``bbox_col2`` lists
+annotation: ``image_label_id``; or ``image_label_ids`` (multi-label: every class present); or ``bbox_row1``/``bbox_col1``/``bbox_row2``/``bbox_col2`` lists
 with ``bbox_label_id``; or ``segmentation_file_name`` relative to ``segmentation_dir``), an
 optional ``split`` per sample, and ``type`` (our addition: what the dataset annotates).
 
 Formats: a folder with one sub-folder of images per class (classification), COCO JSON with
 ``bbox`` annotations (detection), images with PNG label masks of the same file stem
-(segmentation), and the DLDataset itself as JSON (``write_dl_dataset``).
+(segmentation), a CSV of image files and their class names (multi-label classification), and the
+DLDataset itself as JSON (``write_dl_dataset``).
 """
 
 from __future__ import annotations
@@ -166,6 +167,40 @@ def read_dl_dataset_segmentation(image_dir: str | os.PathLike[str], segmentation
             "image_dir": str(images), "segmentation_dir": str(labels), "samples": samples}
 
 
+def read_dl_dataset_multi_label(csv_path: str | os.PathLike[str],
+                                 image_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A multi-label dataset from a CSV file: one row per image, ``file_name,labels`` where ``labels``
+    holds the image's class names separated by ``;`` (empty: no class). A header row starting with
+    ``file_name`` is skipped. Class ids 0, 1, ... follow the class names in sorted order; ``image_dir``
+    defaults to the CSV file's folder."""
+    import csv
+
+    path = Path(csv_path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except OSError as exc:
+        raise DLDatasetError(f"cannot read {str(path)!r}: {exc}") from exc
+    if rows and rows[0][0].strip() == "file_name":
+        rows = rows[1:]
+    entries = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) > 2 or not row[0].strip():
+            raise DLDatasetError(f"{str(path)!r}, row {number}: expected 'file_name,labels' (labels separated by "
+                                 f"';'), got {row}")
+        names = sorted({name.strip() for name in (row[1] if len(row) > 1 else "").split(";") if name.strip()})
+        entries.append((row[0].strip(), names))
+    if not entries:
+        raise DLDatasetError(f"{str(path)!r}: no images listed")
+    classes = sorted({name for _, names in entries for name in names})
+    position = {name: i for i, name in enumerate(classes)}
+    samples = [{"image_file_name": file_name, "image_id": index, "image_label_ids": [position[n] for n in names]}
+               for index, (file_name, names) in enumerate(entries)]
+    folder = Path(image_dir) if image_dir is not None else path.parent
+    return {"type": "multi_label_classification", "class_ids": list(range(len(classes))), "class_names": classes,
+            "image_dir": str(folder.resolve()), "samples": samples}
+
+
 def dataset_type(dataset: dict[str, Any]) -> str:
     """What the dataset annotates: its ``type``, else read off the keys of its first sample."""
     if dataset.get("type") in model_type.names():
@@ -176,12 +211,14 @@ def dataset_type(dataset: dict[str, Any]) -> str:
 
 
 def read_dl_dataset(source: str | os.PathLike[str], type: str | None = None) -> dict[str, Any]:
-    """A dataset from ``source``: a class-folder tree, COCO JSON or DLDataset JSON (detected)."""
+    """A dataset from ``source``: a class-folder tree, COCO JSON, a multi-label CSV or DLDataset JSON (detected)."""
     path = Path(source)
     if path.is_dir():
         dataset = read_dl_dataset_classification(path)
     elif not path.is_file():
         raise DLDatasetError(f"dataset {str(source)!r} does not exist")
+    elif path.suffix.lower() == ".csv":
+        dataset = read_dl_dataset_multi_label(path)
     else:
         content = _load_json(path)
         if isinstance(content, dict) and "annotations" in content and "categories" in content:
@@ -210,7 +247,8 @@ def _checked_dataset(content: dict[str, Any], path: Path) -> dict[str, Any]:
             dataset[key] = str((path.parent / dataset[key]).resolve())
     known = set(dataset["class_ids"])
     for index, sample in enumerate(dataset["samples"]):
-        labels = [sample["image_label_id"]] if "image_label_id" in sample else sample.get("bbox_label_id", [])
+        labels = ([sample["image_label_id"]] if "image_label_id" in sample
+                  else sample.get("image_label_ids", sample.get("bbox_label_id", [])))
         unknown = [label for label in labels if label not in known]
         if unknown:
             raise DLDatasetError(f"{str(path)!r}, sample {index}: label ids {unknown} are not in class_ids "
@@ -253,7 +291,7 @@ def _stratum(dataset: dict[str, Any], sample: dict[str, Any]) -> int:
     """The class a sample is stratified by: its label, or the most frequent box label (-1: none)."""
     if "image_label_id" in sample:
         return int(sample["image_label_id"])
-    labels = sample.get("bbox_label_id")
+    labels = sample.get("bbox_label_id", sample.get("image_label_ids"))
     if labels is not None and len(labels):
         values, counts = np.unique(np.asarray(labels), return_counts=True)
         return int(values[counts.argmax()])
@@ -293,7 +331,7 @@ def split_indices(dataset: dict[str, Any], split: str) -> list[int]:
 
 def gen_dl_samples(dataset: dict[str, Any], indices: Sequence[int]) -> list[dict[str, Any]]:
     """Raw samples of the dataset entries ``indices``: ``image`` float32 (H, W, C) as stored,
-    ``image_id`` and the annotation (``image_label_id``; box arrays and ``bbox_label_id``;
+    ``image_id`` and the annotation (``image_label_id``; ``image_label_ids``; box arrays and ``bbox_label_id``;
     ``segmentation_image`` int64 (H, W))."""
     entries = dataset["samples"]
     image_dir = Path(dataset["image_dir"])
@@ -306,6 +344,8 @@ def gen_dl_samples(dataset: dict[str, Any], indices: Sequence[int]) -> list[dict
                                   "image_id": entry.get("image_id", int(index))}
         if "image_label_id" in entry:
             sample["image_label_id"] = entry["image_label_id"]
+        if "image_label_ids" in entry:
+            sample["image_label_ids"] = list(entry["image_label_ids"])
         if "bbox_label_id" in entry:
             for key in BOX_KEYS:
                 sample[key] = np.asarray(entry[key], np.float32)
@@ -327,8 +367,8 @@ def write_synthetic_dataset(type: str, folder: str | os.PathLike[str], count: in
                             size: int = 64, seed: int = 0) -> Path:
     """Write ``count`` generated shapes (``onnx_dl.synthetic``) of ``type`` to ``folder`` in that
     type's file format and return what :func:`read_dl_dataset` takes: the class-folder tree
-    (classification), ``annotations.json`` (COCO, detection) or ``dataset.json`` (DLDataset with
-    ``images/`` and ``labels/``, segmentation)."""
+    (classification), ``annotations.json`` (COCO, detection), ``dataset.json`` (DLDataset with
+    ``images/`` and ``labels/``, segmentation) or ``labels.csv`` (multi-label classification)."""
     from . import synthetic
 
     root = Path(folder)
@@ -366,5 +406,13 @@ def write_synthetic_dataset(type: str, folder: str | os.PathLike[str], count: in
                                                ["background", *synthetic.SHAPES[:3]])
         write_dl_dataset(dataset, root / "dataset.json")
         return root / "dataset.json"
+    if type == "multi_label_classification":
+        (root / "images").mkdir(exist_ok=True)
+        rows = ["file_name,labels"]
+        for index, sample in enumerate(model_type.get(type).synthetic_samples(count, size, seed)):
+            _write_png(root / "images" / f"{index:05d}.png", sample["image"] + 127.0)
+            rows.append(f"images/{index:05d}.png," + ";".join(synthetic.SHAPES[i] for i in sample["image_label_ids"]))
+        (root / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        return root / "labels.csv"
     raise DLDatasetError(f"write_synthetic_dataset: no file format for type {type!r}; formats: classification, "
-                         f"detection, segmentation")
+                         f"detection, segmentation, multi_label_classification")

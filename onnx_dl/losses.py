@@ -100,6 +100,31 @@ def sigmoid_focal(b: GraphBuilder, logits: str, targets: str, weights: str, norm
     return b.op("Div", [_sum_per_image(b, weighted, "focal_sum"), normalizer], "focal")
 
 
+def binary_cross_entropy(b: GraphBuilder, logits: str, targets: str, positive_weights: str, normalizer: str) -> str:
+    """Per-class sigmoid binary cross-entropy of ``logits`` (N, K) against 0/1 ``targets`` (N, K).
+
+        l[n,k] = w[k] * y[n,k] * (-log sigmoid(x[n,k])) + (1 - y[n,k]) * (-log(1 - sigmoid(x[n,k])))
+        L = sum_{n,k} l[n,k] / normalizer
+
+    ``positive_weights`` (K,) weighs the present labels of each class (``class_weights``, 1.0 each by
+    default), as ``pos_weight`` of torch's ``binary_cross_entropy_with_logits``; ``normalizer`` is N * K
+    over all samples of the step, so the chunks' losses add up to the mean over the whole step. Written
+    from the logits: -log sigmoid(x) = relu(-x) + log(1 + exp(-|x|)) and -log(1 - sigmoid(x)) =
+    relu(x) + log(1 + exp(-|x|)), finite for every finite x.
+    """
+    magnitude = b.op("Abs", [logits], "bce_abs")
+    neg_log_p = b.op("Neg", [_log_sigmoid(b, logits, magnitude, "bce_log_p")], "bce_neg_log_p")
+    neg_log_not_p = b.op("Neg", [_log_sigmoid(b, b.op("Neg", [logits], "bce_neg_x"), magnitude, "bce_log_not_p")],
+                         "bce_neg_log_not_p")
+    one = b.const(1.0, "one")
+    present = b.op("Mul", [b.op("Mul", [targets, neg_log_p], "bce_present"), positive_weights], "bce_present_w")
+    absent = b.op("Mul", [b.op("Sub", [one, targets], "bce_not_y"), neg_log_not_p], "bce_absent")
+    per_image = b.op("ReduceSum", [b.op("Add", [present, absent], "bce_terms"), b.const(np.array([1], np.int64),
+                                                                                        "class_axis")],
+                     "bce_image", keepdims=0)
+    return b.op("Div", [b.op("ReduceSum", [per_image], "bce_batch", keepdims=0), normalizer], "bce")
+
+
 def huber(b: GraphBuilder, predictions: str, targets: str, weights: str, normalizer: str, beta: float = 0.11) -> str:
     """Huber (smooth-L1) loss of ``predictions`` (N, C, H, W) against ``targets``, divided by beta:
 

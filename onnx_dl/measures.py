@@ -5,6 +5,9 @@ Segmentation: a confusion matrix with rows = predicted and columns = ground trut
 non-ignored pixels; TP = diagonal, FP = row sum - TP, FN = column sum - TP; class IoU =
 TP / (TP + FP + FN); classes without ground-truth pixels are left out of the means.
 Classification: top-1 error, per-class precision and recall, the confusion matrix.
+Multi-label classification: per class, the average precision of ranking the samples by the class's
+confidence (the area under the step precision-recall curve; tied confidences count as one
+threshold), its mean over classes present; precision, recall and F1 at ``min_confidence``.
 Detection (COCO): per class and IoU threshold, detections by descending confidence are matched
 greedily to ground-truth boxes (each at most once, IoU >= threshold); AP is the 101-point
 interpolated area under the precision-recall curve; classes without ground truth are left out.
@@ -18,7 +21,7 @@ import numpy as np
 
 from .boxes import checked_boxes, iou_matrix
 from .errors import DLSampleError
-from .samples import id_lookup
+from .samples import id_lookup, label_sets
 
 
 def _check_lengths(results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
@@ -77,6 +80,50 @@ def classification_measures(results: list[dict[str, Any]], samples: list[dict[st
         "recall": {cid: float(v) for cid, v in zip(class_ids, recall)},
         "absolute_confusion_matrix": matrix,
     }
+
+
+def ranking_average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Average precision of ranking by descending ``scores`` with 0/1 ``relevant``:
+
+        AP = sum_t (R_t - R_{t-1}) * P_t
+
+    over the distinct score thresholds t (every score at or above t counts as retrieved), R_0 = 0;
+    NaN when nothing is relevant (scikit-learn's ``average_precision_score``)."""
+    scores, relevant = np.asarray(scores, np.float64).ravel(), np.asarray(relevant).ravel().astype(bool)
+    positives = int(relevant.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, relevant = scores[order], relevant[order]
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    hits = np.cumsum(relevant)[last_of_tie]
+    retrieved = np.arange(1, len(scores) + 1)[last_of_tie]
+    recall = hits / positives
+    precision = hits / retrieved
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def multi_label_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
+                         min_confidence: float) -> dict[str, Any]:
+    """``mean_ap`` (mean over classes present in the samples), ``ap_per_class``, and at ``min_confidence``
+    per-class ``precision``, ``recall``, ``f_score`` (by class id; NaN where undefined) and their means
+    ``mean_precision``, ``mean_recall``, ``mean_f_score`` over the classes where defined."""
+    _check_lengths(results, samples)
+    scores = np.array([r["classification_all_confidences"] for r in results], np.float64).reshape(len(results), -1)
+    truth = label_sets(samples, class_ids)
+    ap = np.array([ranking_average_precision(scores[:, k], truth[:, k]) for k in range(len(class_ids))])
+    predicted = scores >= min_confidence
+    tp = (predicted & (truth > 0)).sum(axis=0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / predicted.sum(axis=0)
+        recall = tp / truth.sum(axis=0)
+        f_score = 2 * precision * recall / (precision + recall)
+    f_score = np.where((precision == 0) & (recall == 0), 0.0, f_score)
+    by_id = lambda values: {cid: float(v) for cid, v in zip(class_ids, values)}  # noqa: E731
+    mean = lambda values: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")  # noqa: E731
+    return {"mean_ap": mean(ap), "ap_per_class": by_id(ap), "precision": by_id(precision), "recall": by_id(recall),
+            "f_score": by_id(f_score), "mean_precision": mean(precision), "mean_recall": mean(recall),
+            "mean_f_score": mean(f_score)}
 
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)

@@ -7,7 +7,7 @@ from typing import Any
 from . import samples as sample_checks
 from .errors import DLParamError
 from .model import DLModel
-from .tasks import detection_builder
+from .tasks import detection_builder, multi_label_builder
 
 
 def _model(model: Any) -> DLModel:
@@ -29,6 +29,19 @@ def create_dl_model_detection(backbone: Any, num_classes: int, params: dict[str,
     layers) cannot be changed afterwards. The image sides must be divisible by 2**max_level.
     """
     return detection_builder.create(backbone, num_classes, params)
+
+
+def create_dl_model_multi_label_classification(backbone: Any, class_ids: Any,
+                                                params: dict[str, Any] | None = None) -> DLModel:
+    """A multi-label classifier on a classifier backbone (HALCON's procedure of that name).
+
+    ``backbone`` as for :func:`create_dl_model_detection`; its classification layer is replaced by one
+    with ``len(class_ids)`` outputs (weights ~ Normal(0, 0.01), biases 0) and the network ends in a
+    Sigmoid: one independent confidence per class. ``params``: any settable parameter
+    (``min_confidence``, ``class_names``, ``image_dimensions``, the solver's, ...), checked as
+    :func:`set_dl_model_param` checks it; the image size and value range default to the backbone's.
+    """
+    return multi_label_builder.create(backbone, class_ids, params)
 
 
 def get_dl_model_param(model: DLModel, name: str) -> Any:

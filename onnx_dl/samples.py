@@ -110,6 +110,26 @@ def label_indices(samples: list[dict[str, Any]], class_ids: list[int], key: str 
     return result
 
 
+def label_sets(samples: list[dict[str, Any]], class_ids: list[int], key: str = "image_label_ids") -> np.ndarray:
+    """(N, K) float32 0/1 targets: 1 where the class id is among the sample's ``key`` (a list, tuple or
+    1-D array of class ids, or one id; empty: no class present)."""
+    position = {cid: i for i, cid in enumerate(class_ids)}
+    targets = np.zeros((len(samples), len(class_ids)), np.float32)
+    for index, sample in enumerate(samples):
+        raw = require(sample, index, key)
+        values = raw.reshape(-1).tolist() if isinstance(raw, np.ndarray) and raw.ndim <= 1 else raw
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        for value in values:
+            label = None if isinstance(value, (list, tuple, np.ndarray)) else _as_label(value)
+            if label is None or label not in position:
+                shown = class_ids if len(class_ids) <= 20 else f"{class_ids[:20]}..."
+                raise DLSampleError(f"sample {index}, key {key!r}: expected class ids among the model's class_ids "
+                                    f"{shown}, got {describe(raw)}")
+            targets[index, position[label]] = 1.0
+    return targets
+
+
 def _plane(sample: dict[str, Any], index: int, key: str, shape: tuple[int, int]) -> np.ndarray:
     """A (H, W) numeric array (a trailing channel of 1 allowed) of the model's size."""
     value = require(sample, index, key)

@@ -50,9 +50,34 @@ def with_probabilities(network: onnx.ModelProto, name: str, shape: list[int | st
     return model
 
 
-def score_classes(network: onnx.ModelProto, dims: list[int], rank: int) -> int:
-    """K of the class scores (N, K) or (N, K, H, W) (``rank`` 2 or 4) the network maps images of ``dims`` to."""
-    logits, _ = logits_output(network)
+def with_sigmoid(network: onnx.ModelProto, name: str, shape: list[int | str]) -> onnx.ModelProto:
+    """A copy of ``network`` whose one output is the element-wise sigmoid of its logits, named ``name``
+    with ``shape`` (a Softmax the network ended in is dropped: independent per-class confidences; a
+    network already ending in a Sigmoid is copied as is)."""
+    model = copy.deepcopy(network)
+    if sigmoid_input(network) is not None:
+        return model
+    logits, probabilities = logits_output(network)
+    if probabilities is not None:
+        kept = [n for n in model.graph.node if probabilities not in n.output]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    del model.graph.output[:]
+    GraphBuilder(model.graph).op("Sigmoid", [logits], name=name)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+    return model
+
+
+def sigmoid_input(network: onnx.ModelProto) -> str | None:
+    """The input of the Sigmoid producing the first graph output (a multi-label network's logits), or None."""
+    node = producers(network).get(network.graph.output[0].name)
+    return node.input[0] if node is not None and node.op_type == "Sigmoid" else None
+
+
+def score_classes(network: onnx.ModelProto, dims: list[int], rank: int, logits: str | None = None) -> int:
+    """K of the class scores (N, K) or (N, K, H, W) (``rank`` 2 or 4) the network maps images of ``dims`` to
+    (``logits``: the score tensor, by default :func:`logits_output`'s)."""
+    logits = logits or logits_output(network)[0]
     shape = tensor_shapes(with_input_shape(network, dims)).get(logits)
     if not shape or len(shape) != rank or shape[1] is None:
         expected = "(N, K)" if rank == 2 else "(N, K, H, W)"

@@ -129,3 +129,36 @@ def detection_samples(count: int, size: int = 128, seed: int = 0, max_shapes: in
             "bbox_label_id": np.asarray(labels, np.int64),
         })
     return result
+
+
+def multi_label_samples(count: int, size: int = 48, seed: int = 0, max_shapes: int = 3,
+                        class_ids: tuple[int, ...] = (0, 1, 2, 3)) -> list[dict[str, Any]]:
+    """``count`` samples with 0 to ``max_shapes`` different shapes each, apart from each other;
+    ``image_label_ids`` lists the classes present (``SHAPES[i]`` for ``class_ids[i]``), empty for an
+    image without shapes."""
+    if not 1 <= len(class_ids) <= len(SHAPES) or not 0 <= max_shapes <= len(class_ids):
+        raise ValueError(f"between 1 and {len(SHAPES)} classes and at most one shape per class, got "
+                         f"{len(class_ids)} classes and max_shapes {max_shapes}")
+    rng = np.random.default_rng(seed)
+    result = []
+    for index in range(count):
+        image = textured_background(rng, size)
+        taken = np.zeros((size, size), bool)
+        present: list[int] = []
+        for label in rng.permutation(len(class_ids))[:rng.integers(0, max_shapes + 1)]:
+            for _attempt in range(20):  # a free place for the shape
+                radius = rng.uniform(0.14, 0.2) * size
+                row, col = rng.uniform(radius, size - radius, 2)
+                mask = shape_mask(SHAPES[label], size, row, col, radius)
+                if not (mask & taken).any():
+                    break
+            else:
+                continue
+            taken |= mask
+            colour = rng.uniform(0, 255, 3).astype(np.float32)
+            while np.abs(colour - image[mask].mean(axis=0)).max() < 80:
+                colour = rng.uniform(0, 255, 3).astype(np.float32)
+            image[mask] = colour
+            present.append(class_ids[int(label)])
+        result.append({"image": image - 127.0, "image_label_ids": sorted(present), "image_id": index})
+    return result

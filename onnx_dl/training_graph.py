@@ -116,6 +116,25 @@ def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num
                    [image, "labels", "pixel_weights", "ce_normalizer"], forward, image_dims)
 
 
+def multi_label_classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int,
+                               logits: str, trainable: list[str] | None = None) -> TrainingGraph:
+    """Training graph of a multi-label classifier: per-class sigmoid binary cross-entropy on ``logits``
+    (:func:`onnx_dl.losses.binary_cross_entropy`) + weight prior.
+
+    Inputs per chunk: the image (N, C, H, W), ``targets`` (N, K) 0/1, ``class_weights`` (K,) (weights of
+    present labels), ``bce_normalizer`` (N * K over the step), ``weight_prior``.
+    """
+    model, b = _loss_graph(forward, image_dims)
+    image = g.image_input(model).name
+    b.input("targets", ["N", num_classes])
+    b.input("class_weights", [num_classes])
+    b.input("bce_normalizer", [])
+    bce = losses.binary_cross_entropy(b, logits, "targets", "class_weights", "bce_normalizer")
+    weights = trainable if trainable is not None else g.weight_names(forward)
+    return _finish(model, b, {"loss_binary_cross_entropy": bce}, weights,
+                   [image, "targets", "class_weights", "bce_normalizer"], forward, image_dims)
+
+
 POSITIVE_NORMALIZER = "positive_normalizer"
 HEAD_WEIGHTS = ("class_heads_weight", "bbox_heads_weight")
 

@@ -22,6 +22,26 @@ def weighted_cross_entropy(z: np.ndarray, y: np.ndarray, class_weights: np.ndarr
     return loss, (p - onehot) * w[:, None] / norm
 
 
+def softplus(z: np.ndarray) -> np.ndarray:
+    """log(1 + exp(z)), stable for large |z|."""
+    return np.logaddexp(0.0, z)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)), stable for large |z|."""
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def binary_cross_entropy(z: np.ndarray, y: np.ndarray, positive_weights: np.ndarray,
+                         normalizer: float | None = None) -> tuple[float, np.ndarray]:
+    """L = sum_{n,k} [w_k y (-log sigmoid(z)) + (1 - y) (-log(1 - sigmoid(z)))] / (N K); returns (L, dL/dz)."""
+    norm = z.size if normalizer is None else normalizer
+    w = positive_weights[None, :]
+    loss = float((w * y * softplus(-z) + (1 - y) * softplus(z)).sum() / norm)
+    p = sigmoid(z)
+    return loss, (w * y * (p - 1) + (1 - y) * p) / norm
+
+
 def weight_prior(alpha: float, weights: list[np.ndarray]) -> float:
     """alpha / 2 * sum of squares of ``weights``."""
     return alpha / 2.0 * sum(float((w.astype(np.float64) ** 2).sum()) for w in weights)

@@ -95,6 +95,13 @@ def test_synthetic_datasets_read_back_to_what_was_generated(tmp_path: Path, kind
             for key in (*D.BOX_KEYS, "bbox_label_id"):
                 np.testing.assert_allclose(ours[key], original[key])
             np.testing.assert_allclose(ours["image"], np.clip(np.rint(original["image"] + 127), 0, 255))
+    elif kind == "multi_label_classification":  # class ids follow the sorted names of the classes present
+        generated = synthetic.multi_label_samples(8, 32, 5)
+        names = dataset["class_names"]
+        for ours, original in zip(samples, generated):
+            assert sorted(names[i] for i in ours["image_label_ids"]) == sorted(
+                synthetic.SHAPES[i] for i in original["image_label_ids"])
+            np.testing.assert_allclose(ours["image"], np.clip(np.rint(original["image"] + 127), 0, 255))
     else:
         generated = synthetic.segmentation_samples(8, 32, 5)
         for ours, original in zip(samples, generated):

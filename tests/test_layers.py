@@ -23,7 +23,7 @@ LAYERS = [
     ["freezing"],
     ["model"],
     ["nets", "serialization", "torch_export"],
-    ["tasks.detection_builder"],
+    ["tasks.detection_builder", "tasks.multi_label_builder"],
     ["operators"],
     ["evaluation", "dataset", "training", "preprocess", "segmentation"],
     ["cli", "__init__", "__main__"],

@@ -108,14 +108,16 @@ _values = st.one_of(
     st.builds(lambda shape, value: np.full(shape, value, np.int64),
               st.sampled_from([(SIZE, SIZE), (SIZE, SIZE, CHANNELS), (SIZE,)]), st.integers(-2, 5)),
 )
-_keys = st.sampled_from(["image", "image_label_id", "segmentation_image", "weight_image", "bbox_row1", "bbox_col2",
-                         "bbox_label_id", "other"])
+_keys = st.sampled_from(["image", "image_label_id", "image_label_ids", "segmentation_image", "weight_image",
+                         "bbox_row1", "bbox_col2", "bbox_label_id", "other"])
 _sample = st.one_of(st.dictionaries(_keys, _values, max_size=5), st.integers(), st.none())
 
 
 def _valid(kind, rng):
     if kind == "classification":
         return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32), "image_label_id": 1}
+    if kind == "multi_label_classification":
+        return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32), "image_label_ids": [0, 2]}
     if kind == "detection":
         return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32), "bbox_row1": [0.0],
                 "bbox_col1": [0.5], "bbox_row2": [2.5], "bbox_col2": [3.0], "bbox_label_id": [7]}
@@ -126,7 +128,7 @@ def _valid(kind, rng):
 def _fuzzed_model(tmp_path, kind):
     if kind == "detection":
         return tiny_detection_model(size=SIZE, batch_size=2)
-    network = linear_network() if kind == "classification" else conv_segmentation_network()
+    network = linear_network() if "classification" in kind else conv_segmentation_network()
     path = tmp_path / f"{kind}.onnx"
     onnx.save(network, path)
     model = dl.read_dl_model(path, type=kind)
@@ -135,7 +137,7 @@ def _fuzzed_model(tmp_path, kind):
     return model
 
 
-@pytest.mark.parametrize("kind", ["classification", "segmentation", "detection"])
+@pytest.mark.parametrize("kind", ["classification", "segmentation", "detection", "multi_label_classification"])
 def test_random_malformed_batches_raise_dl_errors_and_change_nothing(tmp_path, kind):
     model = _fuzzed_model(tmp_path, kind)
     class_ids = dl.get_dl_model_param(model, "class_ids")

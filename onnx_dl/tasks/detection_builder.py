@@ -52,7 +52,7 @@ def create(backbone: Any, num_classes: int, params: dict[str, Any] | None = None
     """A detection model on ``backbone`` (see :func:`onnx_dl.operators.create_dl_model_detection`)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise DLParamError(f"num_classes: expected an int >= 1, got {num_classes!r}")
-    classifier = _classifier(backbone)
+    classifier = classifier_backbone(backbone)
     settings = _parameters(classifier, int(num_classes), params or {}, backbone)
     found = docking_layers(classifier.network(), settings)
     settings["backbone_docking_layers"] = [name for name, _ in found.values()]  # what get_dl_model_param reports
@@ -60,7 +60,7 @@ def create(backbone: Any, num_classes: int, params: dict[str, Any] | None = None
     return from_network(network, "detection", settings)
 
 
-def _classifier(backbone: Any) -> DLModel:
+def classifier_backbone(backbone: Any) -> DLModel:
     """The backbone as a classification model handle: a bundled name, a path, a ModelProto or a handle."""
     if isinstance(backbone, DLModel):
         found = backbone
