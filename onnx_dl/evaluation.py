@@ -12,7 +12,8 @@ from .measures import (COCO_IOU_THRESHOLDS, RECALL_POINTS, average_precision, cl
                        confusion_matrix, detection_measures, mean_average_precision, segmentation_measures)
 
 __all__ = ["COCO_IOU_THRESHOLDS", "EVALUATION_MIN_CONFIDENCE", "RECALL_POINTS", "average_precision",
-           "classification_measures", "confusion_matrix", "detection_measures", "evaluate_dl_model", "main_measure",
+           "classification_measures", "confusion_matrix", "detection_measures", "evaluate_dl_model",
+           "evaluate_with_results", "main_measure",
            "mean_average_precision", "segmentation_measures"]
 
 
@@ -39,6 +40,14 @@ def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: 
     are the model's. So the measure describes the model, not the display threshold, and
     ``train_dl_model``'s validation measures the same way.
     """
+    return evaluate_with_results(model, dataset, split, samples)[0]
+
+
+def evaluate_with_results(model: Any, dataset: dict[str, Any] | None = None, split: str = "validation",
+                          samples: list[dict[str, Any]] | None = None
+                          ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`evaluate_dl_model`'s measures, with the results and the preprocessed samples they came from
+    (what a report draws)."""
     from .operators import apply_with
 
     if samples is None:
@@ -53,4 +62,4 @@ def evaluate_dl_model(model: Any, dataset: dict[str, Any] | None = None, split: 
         samples = preprocess_dl_samples(gen_dl_samples(dataset, indices), model.params)
     kind = model_type.get(model.params["type"])
     results = apply_with(model, samples, overrides=kind.EVALUATION_OVERRIDES or None)
-    return kind.measures(results, samples, model.params)
+    return kind.measures(results, samples, model.params), results, samples

@@ -177,9 +177,11 @@ def _true_positives(boxes: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndar
     return hits
 
 
-def _ap_table(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-              thresholds: tuple[float, ...]) -> np.ndarray:
-    """(T, K) AP per IoU threshold and class; NaN for classes without ground-truth boxes."""
+def _ranked_hits(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
+                 thresholds: tuple[float, ...]) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """Per class, (T, D) whether each of its detections (over all images, by descending confidence)
+    matches a ground-truth box at each IoU threshold (None for a class without detections), and the
+    ground-truth box count per class."""
     _check_lengths(results, samples)
     position = {cid: i for i, cid in enumerate(class_ids)}
     limits = np.asarray(thresholds, np.float64)
@@ -202,14 +204,56 @@ def _ap_table(results: list[dict[str, Any]], samples: list[dict[str, Any]], clas
             gt_count[k] += int((gt_labels == cid).sum())
             confidences[k].append(confidence[mine][order])
             hits[k].append(_true_positives(boxes[mine][order], gt_boxes[gt_labels == cid], limits))
-    table = np.full((len(limits), len(class_ids)), np.nan)
-    for k in np.nonzero(gt_count)[0]:
+    ranked: list[np.ndarray | None] = []
+    for k in range(len(class_ids)):
+        if not confidences[k]:
+            ranked.append(None)
+            continue
         order = np.argsort(-np.concatenate(confidences[k]), kind="stable")
-        true_positive = np.concatenate(hits[k], axis=1)[:, order].cumsum(axis=1)
+        ranked.append(np.concatenate(hits[k], axis=1)[:, order])
+    return ranked, gt_count
+
+
+def _ap_table(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
+              thresholds: tuple[float, ...]) -> np.ndarray:
+    """(T, K) AP per IoU threshold and class; NaN for classes without ground-truth boxes."""
+    ranked, gt_count = _ranked_hits(results, samples, class_ids, thresholds)
+    table = np.full((len(thresholds), len(class_ids)), np.nan)
+    for k in np.nonzero(gt_count)[0]:
+        if ranked[k] is None:
+            table[:, k] = 0.0
+            continue
+        true_positive = ranked[k].cumsum(axis=1)
         precision = true_positive / np.arange(1, true_positive.shape[1] + 1)
-        for t in range(len(limits)):
+        for t in range(len(thresholds)):
             table[t, k] = average_precision(true_positive[t] / gt_count[k], precision[t])
     return table
+
+
+def detection_pr_curves(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
+                        iou: float = 0.5) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per class with ground-truth boxes, (recall, precision) after each detection by descending
+    confidence, matched at ``iou`` as :func:`mean_average_precision` matches them."""
+    ranked, gt_count = _ranked_hits(results, samples, class_ids, (iou,))
+    curves = {}
+    for k, cid in enumerate(class_ids):
+        if gt_count[k] and ranked[k] is not None:
+            true_positive = ranked[k][0].cumsum()
+            curves[cid] = (true_positive / gt_count[k], true_positive / np.arange(1, len(true_positive) + 1))
+    return curves
+
+
+def multi_label_pr_curves(results: list[dict[str, Any]], samples: list[dict[str, Any]],
+                          class_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per class present in the samples, (recall, precision) of ranking the images by the class's confidence."""
+    scores = np.array([r["classification_all_confidences"] for r in results], np.float64).reshape(len(results), -1)
+    truth = label_sets(samples, class_ids) > 0
+    curves = {}
+    for k, cid in enumerate(class_ids):
+        if truth[:, k].any():
+            hits = truth[np.argsort(-scores[:, k], kind="stable"), k].cumsum()
+            curves[cid] = (hits / truth[:, k].sum(), hits / np.arange(1, len(hits) + 1))
+    return curves
 
 
 def _mean_over_present(values: np.ndarray) -> float:

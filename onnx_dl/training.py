@@ -27,6 +27,7 @@ from .operators import set_dl_model_param, train_dl_model_batch
 from .serialization import write_dl_model
 
 LOG_COLUMNS = ["epoch", "step", "learning_rate", "total_loss", "images_per_second", "validation_measure"]
+# ... then one column per loss part of the model (loss_cross_entropy, loss_weight_prior, ...)
 
 
 def step_schedule(base: float, epoch: float, step_epochs: float = 10.0, gamma: float = 0.1) -> float:
@@ -103,8 +104,9 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
     when there is none; a detector on all detections down to
     ``evaluation.EVALUATION_MIN_CONFIDENCE``, whatever its ``min_confidence``, see
     :func:`~onnx_dl.evaluation.evaluate_dl_model`) and, if its main measure is the best so far, written to
-    ``output_dir/best_model.onnx``. ``output_dir`` also gets ``log.csv`` (one row per step,
-    flushed) and, with matplotlib installed, ``training.png``.
+    ``output_dir/best_model.onnx``. ``output_dir`` also gets ``log.csv`` (one row per step with the
+    learning rate, the total loss and each loss part, flushed; one per evaluation) and, with matplotlib
+    installed, ``training.png`` (the losses, the validation measure and the learning rate per step).
     """
     if epochs < 1 or evaluate_every < 1:
         raise DLParamError(f"epochs and evaluate_every: expected >= 1, got {epochs} and {evaluate_every}")
@@ -125,8 +127,7 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
     samples, rng, result = _Samples(dataset, model), np.random.default_rng(seed), TrainResult(out)
     log_file = open(out / "log.csv", "w", newline="") if out is not None else None  # noqa: SIM115
     log = csv.writer(log_file) if log_file is not None else None
-    if log is not None:
-        log.writerow(LOG_COLUMNS)
+    parts: list[str] | None = None  # the loss parts, known from the first step's losses
     bar = _progress(epochs * per_epoch, progress)
     try:
         for epoch in range(epochs):
@@ -141,11 +142,16 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
 
                     batch_samples = augment_dl_samples(batch_samples, rng)
                 start = time.perf_counter()
-                loss = train_dl_model_batch(model, batch_samples)["total_loss"]
+                losses = train_dl_model_batch(model, batch_samples)
+                loss = losses["total_loss"]
                 speed = batch / (time.perf_counter() - start)
                 result.steps += 1
                 if log is not None and log_file is not None:
-                    log.writerow([epoch + 1, result.steps, f"{lr:.6g}", f"{loss:.6f}", f"{speed:.1f}", ""])
+                    if parts is None:
+                        parts = [name for name in losses if name != "total_loss"]
+                        log.writerow(LOG_COLUMNS + parts)
+                    log.writerow([epoch + 1, result.steps, f"{lr:.6g}", f"{loss:.6f}", f"{speed:.1f}", "",
+                                  *(f"{losses[name]:.6f}" for name in parts)])
                     log_file.flush()
                 if bar is not None:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", img_s=f"{speed:.0f}")
@@ -181,7 +187,8 @@ def _evaluate(model: DLModel, dataset: dict[str, Any], validation: list[int], sa
 
 
 def plot_training(log_path: Path, image_path: Path, measure: str) -> bool:
-    """Plot the loss per step and the validation measure from a training log into a PNG.
+    """Plot the losses (the total and each part) and the validation measure per step, and under them the
+    learning rate, from a training log into a PNG.
 
     Returns False (and plots nothing) when matplotlib is not installed (extra ``plot``).
     """
@@ -195,17 +202,27 @@ def plot_training(log_path: Path, image_path: Path, measure: str) -> bool:
         return False
     with open(log_path, newline="") as stream:
         rows = list(csv.DictReader(stream))
-    losses = [(int(r["step"]), float(r["total_loss"])) for r in rows if r["total_loss"]]
+    steps = [r for r in rows if r["total_loss"]]
+    parts = [name for name in (rows[0] if rows else {}) if name.startswith("loss_")]
     measures = [(int(r["step"]), float(r["validation_measure"])) for r in rows if r["validation_measure"]]
-    figure, loss_axis = plt.subplots(figsize=(8, 4.5))
-    if losses:
-        loss_axis.plot(*zip(*losses), color="tab:blue", linewidth=0.8, label="total loss")
-    loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("total loss", color="tab:blue")
+    figure, (loss_axis, rate_axis) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
+    for name, style in [("total_loss", {"color": "tab:blue", "linewidth": 0.9}),
+                        *((p, {"linewidth": 0.6, "alpha": 0.8}) for p in parts)]:
+        values = [(int(r["step"]), float(r[name])) for r in steps if r.get(name)]
+        if values:
+            loss_axis.plot(*zip(*values), label=name.replace("_", " "), **style)
+    loss_axis.set_ylabel("loss")
+    if steps:
+        loss_axis.legend(fontsize=8, loc="upper left")
     measure_axis = loss_axis.twinx()
     if measures:
         measure_axis.plot(*zip(*measures), "o-", color="tab:orange", label=f"validation {measure}")
     measure_axis.set_ylabel(f"validation {measure}", color="tab:orange")
+    rates = [(int(r["step"]), float(r["learning_rate"])) for r in steps]
+    if rates:
+        rate_axis.plot(*zip(*rates), color="tab:green", linewidth=0.9)
+    rate_axis.set_ylabel("learning rate")
+    rate_axis.set_xlabel("step")
     figure.tight_layout()
     figure.savefig(image_path, dpi=100)
     plt.close(figure)

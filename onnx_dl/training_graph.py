@@ -7,7 +7,9 @@ weight prior, normalisers), so changing it never regenerates training artifacts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 from onnx import TensorProto
@@ -76,6 +78,18 @@ def _product(values: list[int]) -> int:
     return result
 
 
+def _one_loss(forward: onnx.ModelProto, image_dims: tuple[int, int, int], inputs: list[tuple[str, list[Any], int]],
+              trainable: list[str] | None, name: str, loss: Callable[[GraphBuilder], str]) -> TrainingGraph:
+    """The training graph of a network with one loss (+ the weight prior): ``inputs`` (name, shape, element
+    type) fed every chunk after the image, and ``loss(b)`` appending the loss's nodes."""
+    model, b = _loss_graph(forward, image_dims)
+    image = g.image_input(model).name
+    for input_name, shape, element in inputs:
+        b.input(input_name, shape, element)
+    weights = trainable if trainable is not None else g.weight_names(forward)
+    return _finish(model, b, {name: loss(b)}, weights, [image, *(n for n, _, _ in inputs)], forward, image_dims)
+
+
 def classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int,
                    trainable: list[str] | None = None) -> TrainingGraph:
     """Training graph of a classifier: weighted cross-entropy on the logits + weight prior.
@@ -83,16 +97,11 @@ def classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], n
     Inputs per chunk: the image (N, C, H, W), ``labels`` (N,) class indices, ``class_weights`` (K,),
     ``ce_normalizer`` (sum of the weights of all samples of the step), ``weight_prior``.
     """
-    model, b = _loss_graph(forward, image_dims)
     logits, _ = score_head.logits_output(forward)
-    image = g.image_input(model).name
-    b.input("labels", ["N"], TensorProto.INT64)
-    b.input("class_weights", [num_classes])
-    b.input("ce_normalizer", [])
-    ce = losses.cross_entropy(b, logits, "labels", "class_weights", "ce_normalizer")
-    weights = trainable if trainable is not None else g.weight_names(forward)
-    return _finish(model, b, {"loss_cross_entropy": ce}, weights,
-                   [image, "labels", "class_weights", "ce_normalizer"], forward, image_dims)
+    inputs = [("labels", ["N"], TensorProto.INT64), ("class_weights", [num_classes], TensorProto.FLOAT),
+              ("ce_normalizer", [], TensorProto.FLOAT)]
+    return _one_loss(forward, image_dims, inputs, trainable, "loss_cross_entropy",
+                     lambda b: losses.cross_entropy(b, logits, "labels", "class_weights", "ce_normalizer"))
 
 
 def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int,
@@ -103,17 +112,12 @@ def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num
     ``pixel_weights`` (N, H, W), ``ce_normalizer`` (sum of the pixel weights of the step),
     ``weight_prior``.
     """
-    model, b = _loss_graph(forward, image_dims)
     logits, _ = score_head.logits_output(forward)
-    image = g.image_input(model).name
     height, width = image_dims[1], image_dims[2]
-    b.input("labels", ["N", height, width], TensorProto.INT64)
-    b.input("pixel_weights", ["N", height, width])
-    b.input("ce_normalizer", [])
-    ce = losses.pixel_cross_entropy(b, logits, "labels", "pixel_weights", "ce_normalizer")
-    weights = trainable if trainable is not None else g.weight_names(forward)
-    return _finish(model, b, {"loss_cross_entropy": ce}, weights,
-                   [image, "labels", "pixel_weights", "ce_normalizer"], forward, image_dims)
+    inputs = [("labels", ["N", height, width], TensorProto.INT64),
+              ("pixel_weights", ["N", height, width], TensorProto.FLOAT), ("ce_normalizer", [], TensorProto.FLOAT)]
+    return _one_loss(forward, image_dims, inputs, trainable, "loss_cross_entropy",
+                     lambda b: losses.pixel_cross_entropy(b, logits, "labels", "pixel_weights", "ce_normalizer"))
 
 
 def multi_label_classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int,
@@ -124,15 +128,10 @@ def multi_label_classification(forward: onnx.ModelProto, image_dims: tuple[int, 
     Inputs per chunk: the image (N, C, H, W), ``targets`` (N, K) 0/1, ``class_weights`` (K,) (weights of
     present labels), ``bce_normalizer`` (N * K over the step), ``weight_prior``.
     """
-    model, b = _loss_graph(forward, image_dims)
-    image = g.image_input(model).name
-    b.input("targets", ["N", num_classes])
-    b.input("class_weights", [num_classes])
-    b.input("bce_normalizer", [])
-    bce = losses.binary_cross_entropy(b, logits, "targets", "class_weights", "bce_normalizer")
-    weights = trainable if trainable is not None else g.weight_names(forward)
-    return _finish(model, b, {"loss_binary_cross_entropy": bce}, weights,
-                   [image, "targets", "class_weights", "bce_normalizer"], forward, image_dims)
+    inputs = [("targets", ["N", num_classes], TensorProto.FLOAT), ("class_weights", [num_classes], TensorProto.FLOAT),
+              ("bce_normalizer", [], TensorProto.FLOAT)]
+    return _one_loss(forward, image_dims, inputs, trainable, "loss_binary_cross_entropy",
+                     lambda b: losses.binary_cross_entropy(b, logits, "targets", "class_weights", "bce_normalizer"))
 
 
 POSITIVE_NORMALIZER = "positive_normalizer"
