@@ -20,10 +20,11 @@ from . import dataset as ds
 from . import model_type
 from .boxes import BOX_KEYS
 from .errors import DLError
-from .evaluation import evaluate_dl_model
+from .evaluation import evaluate_with_results
 from .model import DLModel
 from .operators import (apply_dl_model, create_dl_model_detection, create_dl_model_multi_label_classification,
                         get_dl_model_param, set_dl_model_param)
+from .reports import format_report, write_report
 from .serialization import read_dl_model, write_dl_model
 from .solvers import SOLVERS
 
@@ -33,15 +34,18 @@ INFO_PARAMS = ["type", "image_dimensions", "image_range_min", "image_range_max",
 
 
 def _dataset(args: argparse.Namespace, run: Path) -> dict[str, Any]:
-    """The dataset of ``--dataset``, or a generated one written into the run folder; split if needed."""
+    """The dataset of ``--dataset`` (images in ``--image-dir``, or found), or a generated one written into the
+    run folder; every file checked; split if needed."""
     if args.dataset is None:
+        if args.image_dir is not None:
+            raise ds.DLDatasetError("--image-dir needs --dataset: the generated dataset writes its own images")
         kind = args.type or model_type.names()[0]
         size = args.image_size or model_type.get(kind).CLI_IMAGE_SIZE
         print(f"generating {args.samples} {kind} samples of {size} px into {run / 'dataset'}", flush=True)
         source = ds.write_synthetic_dataset(kind, run / "dataset", args.samples, size, args.seed)
     else:
         source = args.dataset
-    dataset = ds.read_dl_dataset(source, type=args.type)
+    dataset = ds.read_dl_dataset(source, type=args.type, image_dir=args.image_dir)
     if not ds.split_indices(dataset, "train"):
         ds.split_dl_dataset(dataset, args.train_percent, args.validation_percent, args.seed)
     return dataset
@@ -79,9 +83,9 @@ def train(args: argparse.Namespace) -> int:
     from .training import train_dl_model
 
     run = Path(args.output) / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run.mkdir(parents=True, exist_ok=True)
-    dataset = _dataset(args, run)
+    dataset = _dataset(args, run)  # a bad dataset stops here, before the run folder exists
     model = _model_for(dataset, args)
+    run.mkdir(parents=True, exist_ok=True)
     print(f"training {model!r} on {len(ds.split_indices(dataset, 'train'))} samples for {args.epochs} epochs; "
           f"writing {run}", flush=True)
     result = train_dl_model(model, dataset, epochs=args.epochs, schedule=args.schedule, augment=args.augment,
@@ -91,16 +95,32 @@ def train(args: argparse.Namespace) -> int:
     state = "interrupted; " if result.interrupted else ""
     print(f"{state}best validation {model.kind.MAIN_MEASURE} {result.best_measure} "
           f"(epoch {result.best_epoch}); model: {run / 'best_model.onnx'}; log: {run / 'log.csv'}")
+    if (run / "best_model.onnx").exists():  # the best model's report beside training.png
+        best = read_dl_model(run / "best_model.onnx")
+        split = "validation" if ds.split_indices(dataset, "validation") else "train"
+        written = write_report(run, *_evaluation(best, dataset, split))
+        print(f"report of the best model on the {split} split: {', '.join(p.name for p in written)}")
     return 130 if result.interrupted else 0
 
 
+def _evaluation(model: DLModel, dataset: dict[str, Any], split: str) -> tuple[Any, ...]:
+    """(measures, params, results, samples) of ``model`` on the ``split`` of ``dataset``."""
+    measures, results, samples = evaluate_with_results(model, dataset, split)
+    return measures, model.params, results, samples
+
+
 def evaluate(args: argparse.Namespace) -> int:
-    """Print the measures of a model on a dataset split as JSON."""
+    """Print a model's report on a dataset split (``--json``: the measures as JSON); ``--output``: write
+    the report's files (evaluation.json, report.txt, pictures)."""
     model = read_dl_model(args.model, type=args.type)
-    dataset = ds.read_dl_dataset(args.dataset)
+    dataset = ds.read_dl_dataset(args.dataset, image_dir=args.image_dir)
     if not ds.split_indices(dataset, args.split):
         ds.split_dl_dataset(dataset, 70, 15, 42)
-    print(json.dumps(ds.jsonable(evaluate_dl_model(model, dataset, args.split)), indent=1))
+    measures, params, results, samples = _evaluation(model, dataset, args.split)
+    print(json.dumps(ds.jsonable(measures), indent=1) if args.json else format_report(measures, params))
+    if args.output:
+        written = write_report(args.output, measures, params, results, samples)
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -113,7 +133,7 @@ def apply(args: argparse.Namespace) -> int:
     samples = preprocess_dl_samples(raw, model.params)
     results = apply_dl_model(model, samples)
     for path, result in zip(args.images, results):
-        print(json.dumps({"image": str(path), **_summary(result)}))
+        print(json.dumps({"image": str(path), **_summary(result, model.params)}))
     if args.draw:
         folder = Path(args.draw)
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,47 +142,40 @@ def apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    """A printable result: the best class, a histogram of a label image, or the boxes."""
-    if "classification_all_confidences" in result:  # multi-label: every class present
-        return {"class_ids": result["classification_class_ids"], "class_names": result["classification_class_names"],
-                "confidences": [round(c, 4) for c in result["classification_confidences"]]}
-    if "classification_class_ids" in result:
-        return {"class_id": result["classification_class_ids"][0], "class_name": result["classification_class_names"][0],
-                "confidence": round(result["classification_confidences"][0], 4)}
-    if "segmentation_image" in result:
-        ids, counts = np.unique(result["segmentation_image"], return_counts=True)
-        return {"pixels_per_class": {int(i): int(c) for i, c in zip(ids, counts)}}
-    keys = (*BOX_KEYS, "bbox_class_id", "bbox_confidence")
-    return {"boxes": [dict(zip(keys, (round(float(v), 2) for v in values)))
-                      for values in zip(*(result[k] for k in keys))]}
+def _summary(result: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A printable result with class ids (ints) and names: the best class (classification), the classes
+    present (multi-label), the pixels per class (segmentation, keys ``"<id> <name>"``) or the boxes
+    (detection, in the result's order; coordinates to 2 decimals, confidences to 4)."""
+    from . import drawing
+
+    kind, _ = drawing.annotation_kind(result, params)
+    if kind == "multi_label_classification":  # every class at or above min_confidence, best first
+        return {"classes": [{"id": int(i), "name": str(n), "confidence": round(float(c), 4)} for i, n, c in
+                            zip(result["classification_class_ids"], result["classification_class_names"],
+                                result["classification_confidences"])]}
+    if kind == "classification":
+        return {"class_id": int(result["classification_class_ids"][0]),
+                "class_name": str(result["classification_class_names"][0]),
+                "confidence": round(float(result["classification_confidences"][0]), 4)}
+    if kind == "segmentation":
+        ids, counts = np.unique(np.asarray(result["segmentation_image"]), return_counts=True)
+        return {"pixels_per_class": {f"{int(i)} {drawing.class_name(int(i), params)}": int(c)
+                                     for i, c in zip(ids, counts)}}
+    names = result.get("bbox_class_name")
+    boxes = []
+    for k, (cid, confidence) in enumerate(zip(result["bbox_class_id"], result["bbox_confidence"])):
+        box = {"class_id": int(cid),
+               "class_name": str(names[k]) if names is not None else drawing.class_name(int(cid), params),
+               "confidence": round(float(confidence), 4)}
+        boxes.append({**box, **{key.removeprefix("bbox_"): round(float(result[key][k]), 2) for key in BOX_KEYS}})
+    return {"boxes": boxes}
 
 
 def draw_result(image: np.ndarray, result: dict[str, Any], params: dict[str, Any], path: Path) -> None:
-    """Write ``image`` (as read) with the result drawn on it, at the model's input size."""
-    from PIL import Image, ImageDraw
+    """Write ``image`` (as read) with the result drawn on it (:func:`onnx_dl.drawing.draw`)."""
+    from . import drawing
 
-    height, width = params["image_height"], params["image_width"]
-    picture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8).squeeze()).convert("RGB").resize((width, height))
-    colours = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
-    draw = ImageDraw.Draw(picture)
-    if "segmentation_image" in result:
-        labels = np.asarray(result["segmentation_image"])
-        overlay = np.zeros((height, width, 3), np.uint8)
-        for index, cid in enumerate(params["class_ids"][1:], start=1):
-            overlay[labels == cid] = colours[index % len(colours)]
-        picture = Image.blend(picture, Image.fromarray(overlay), 0.45)
-    elif "bbox_row1" in result:
-        for r1, c1, r2, c2, cid, conf in zip(*(result[k] for k in (*BOX_KEYS, "bbox_class_id", "bbox_confidence"))):
-            colour = colours[params["class_ids"].index(int(cid)) % len(colours)]
-            draw.rectangle([c1 + 0.5, r1 + 0.5, c2 - 0.5, r2 - 0.5], outline=colour)
-            draw.text((c1 + 1.5, r1 + 0.5), f"{int(cid)} {conf:.2f}", fill=colour)
-    else:  # classes best first; a multi-label result lists every class present (maybe none)
-        lines = [f"{name} {confidence:.2f}" for name, confidence in
-                 zip(result["classification_class_names"], result["classification_confidences"])]
-        draw.text((2, 2), "\n".join(lines[:1] if "classification_all_confidences" not in result else lines) or "-",
-                  fill=(255, 255, 0))
-    picture.save(path)
+    drawing.draw(image, result, params).save(path)
 
 
 def export(args: argparse.Namespace) -> int:
@@ -195,8 +208,13 @@ def parser() -> argparse.ArgumentParser:
     commands = main.add_subparsers(dest="command", required=True)
     t = commands.add_parser("train", help="train a model (default: the bundled classifier on generated shapes)")
     t.add_argument("--model", default=None, help="bundled model name or .onnx path (detection: the backbone)")
-    t.add_argument("--dataset", default=None, help="class-folder tree, COCO JSON or DLDataset JSON "
-                                                   "(default: generated shapes)")
+    t.add_argument("--dataset", default=None, help="class-folder tree, COCO JSON, multi-label CSV or DLDataset "
+                                                   "JSON (default: generated shapes)")
+    t.add_argument("--image-dir", default=None, metavar="DIR",
+                   help="folder the dataset's image file names are relative to (COCO JSON, CSV, DLDataset JSON; "
+                        "default: a DLDataset's own, else the file's folder; for COCO's "
+                        "annotations/instances_X.json the first of ../X/, "
+                        "../images/, ../train2017/, ../val2017/ holding the first image)")
     t.add_argument("--type", choices=model_type.names(), default=None,
                    help="model type (default: what the dataset annotates; classification for generated data)")
     t.add_argument("--epochs", type=int, default=3)
@@ -214,11 +232,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--output", default="runs", help="folder for runs/<timestamp>/")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=train)
-    e = commands.add_parser("evaluate", help="print a model's measures on a dataset split")
+    e = commands.add_parser("evaluate", help="report a model's measures on a dataset split")
     e.add_argument("model")
-    e.add_argument("dataset")
+    e.add_argument("dataset", help="class-folder tree, COCO JSON, multi-label CSV or DLDataset JSON")
+    e.add_argument("--image-dir", default=None, metavar="DIR",
+                   help="folder the dataset's image file names are relative to (as for train)")
     e.add_argument("--split", choices=list(ds.SPLITS), default="validation")
     e.add_argument("--type", default=None, help="model type of a foreign .onnx file")
+    e.add_argument("--output", default=None, metavar="DIR", help="write evaluation.json, report.txt and pictures")
+    e.add_argument("--json", action="store_true", help="print the measures as JSON instead of the report")
     e.set_defaults(run=evaluate)
     a = commands.add_parser("apply", help="run a model on image files")
     a.add_argument("model")

@@ -10,7 +10,8 @@ optional ``split`` per sample, and ``type`` (our addition: what the dataset anno
 Formats: a folder with one sub-folder of images per class (classification), COCO JSON with
 ``bbox`` annotations (detection), images with PNG label masks of the same file stem
 (segmentation), a CSV of image files and their class names (multi-label classification), and the
-DLDataset itself as JSON (``write_dl_dataset``).
+DLDataset itself as JSON (``write_dl_dataset``). ``read_dl_dataset`` takes the image folder
+(``image_dir``) or finds it (COCO's ``annotations/`` layout), and checks that every file exists.
 """
 
 from __future__ import annotations
@@ -100,11 +101,40 @@ def read_dl_dataset_from_coco(json_path: str | os.PathLike[str],
 
     COCO boxes ``[x, y, w, h]`` have pixel corners at integer positions; HALCON's pixel-centred
     boxes are ``col1 = x - 0.5, row1 = y - 0.5, col2 = x + w - 0.5, row2 = y + h - 0.5``.
-    Category ids become ``class_ids``; ``iscrowd`` annotations are skipped. ``image_dir``
-    defaults to the JSON file's folder.
+    Category ids become ``class_ids``; ``iscrowd`` annotations are skipped. Without ``image_dir``
+    the images are looked for as :func:`coco_image_dir` says: beside the JSON file, or in COCO's
+    own layout (``annotations/instances_val2017.json`` with ``val2017/``).
     """
     path = Path(json_path)
-    coco = _load_json(path)
+    return _coco_dataset(_load_json(path), path, image_dir)[0]
+
+
+def coco_image_dir(json_path: str | os.PathLike[str], first_file_name: str) -> tuple[Path, list[Path]]:
+    """The image folder of a COCO file whose first listed image is ``first_file_name``, and the
+    other folders searched in vain.
+
+    The JSON file's folder when the image is there. Else, for a JSON file inside a folder named
+    ``annotations`` (COCO's layout: ``annotations/instances_val2017.json`` beside ``val2017/``), the
+    first of ``../<suffix>/`` (the file stem after its last ``_``: ``val2017``), ``../images/``,
+    ``../train2017/``, ``../val2017/`` and ``..`` itself that holds the image. Nothing found: the
+    JSON file's folder.
+    """
+    folder = Path(os.path.abspath(json_path)).parent  # absolute, so '..' is the folder above; links not followed
+    if (folder / first_file_name).is_file() or folder.name.lower() != "annotations":
+        return folder, []
+    root = folder.parent
+    names = [Path(json_path).stem.rsplit("_", 1)[-1], "images", "train2017", "val2017"]
+    candidates = [root / name for name in dict.fromkeys(names)] + [root]
+    for candidate in candidates:
+        if (candidate / first_file_name).is_file():
+            return candidate, []
+    return folder, candidates
+
+
+def _coco_dataset(coco: Any, path: Path,
+                  image_dir: str | os.PathLike[str] | None) -> tuple[dict[str, Any], list[Path]]:
+    """The detection dataset of the parsed COCO JSON ``coco`` read from ``path``, and the folders
+    searched in vain for its images (see :func:`coco_image_dir`)."""
     where = str(path)
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations",
                                                                                        "categories")):
@@ -140,9 +170,11 @@ def read_dl_dataset_from_coco(json_path: str | os.PathLike[str],
         for column, key in enumerate(BOX_KEYS):
             sample[key] = [box[column] for box, _ in found]
         samples.append(sample)
-    folder = Path(image_dir) if image_dir is not None else path.parent
+    folder, searched = Path(image_dir if image_dir is not None else path.parent), list[Path]()
+    if image_dir is None and images:
+        folder, searched = coco_image_dir(path, next(iter(images.values())))
     return {"type": "detection", "class_ids": [c for c, _ in categories], "class_names": [n for _, n in categories],
-            "image_dir": str(folder.resolve()), "samples": samples}
+            "image_dir": str(folder.resolve()), "samples": samples}, searched
 
 
 def read_dl_dataset_segmentation(image_dir: str | os.PathLike[str], segmentation_dir: str | os.PathLike[str],
@@ -210,27 +242,72 @@ def dataset_type(dataset: dict[str, Any]) -> str:
     return found[0] if found else model_type.names()[0]
 
 
-def read_dl_dataset(source: str | os.PathLike[str], type: str | None = None) -> dict[str, Any]:
-    """A dataset from ``source``: a class-folder tree, COCO JSON, a multi-label CSV or DLDataset JSON (detected)."""
+def read_dl_dataset(source: str | os.PathLike[str], type: str | None = None,
+                    image_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A dataset from ``source``: a class-folder tree, COCO JSON, a multi-label CSV or DLDataset JSON (detected).
+
+    ``image_dir`` is the folder the image file names are relative to (COCO JSON, the CSV file, a
+    DLDataset's own ``image_dir`` replaced); a class-folder tree refuses it. Without it, COCO images
+    are found as :func:`coco_image_dir` says. Every image file (and every label image of a
+    segmentation dataset) must exist: one :class:`DLDatasetError` lists those that do not.
+    """
     path = Path(source)
+    searched: list[Path] = []
     if path.is_dir():
+        if image_dir is not None:
+            raise DLDatasetError(f"dataset {str(source)!r} is a class-folder tree: its images are in its class "
+                                 f"sub-folders, an image folder (image_dir {str(image_dir)!r}) does not apply")
         dataset = read_dl_dataset_classification(path)
     elif not path.is_file():
         raise DLDatasetError(f"dataset {str(source)!r} does not exist")
     elif path.suffix.lower() == ".csv":
-        dataset = read_dl_dataset_multi_label(path)
+        dataset = read_dl_dataset_multi_label(path, image_dir)
     else:
         content = _load_json(path)
         if isinstance(content, dict) and "annotations" in content and "categories" in content:
-            dataset = read_dl_dataset_from_coco(path)
+            dataset, searched = _coco_dataset(content, path, image_dir)
         elif isinstance(content, dict) and isinstance(content.get("samples"), list):
             dataset = _checked_dataset(content, path)
+            if image_dir is not None:
+                dataset["image_dir"] = str(Path(image_dir).resolve())
         else:
             raise DLDatasetError(f"{str(path)!r}: neither COCO JSON (images, annotations, categories) nor a DLDataset "
                                  f"(class_ids, class_names, image_dir, samples)")
     if type is not None and dataset_type(dataset) != type:
         raise DLDatasetError(f"dataset {str(source)!r} annotates {dataset_type(dataset)}, expected {type}")
+    _check_files(dataset, str(source), searched)
     return dataset
+
+
+def _check_files(dataset: dict[str, Any], source: str, searched: Sequence[Path] = ()) -> None:
+    """Raise one :class:`DLDatasetError` naming the image and label files of ``dataset`` that do not
+    exist (the first five, the count and the folder); ``searched``: the other folders looked in."""
+    problems, images_missing = [], False
+    for folder_key, name_key, what in (("image_dir", "image_file_name", "image files"),
+                                       ("segmentation_dir", "segmentation_file_name", "label images")):
+        named = [(index, s.get(name_key)) for index, s in enumerate(dataset["samples"])
+                 if name_key in s or name_key == "image_file_name"]
+        if not named:
+            continue
+        if folder_key not in dataset:
+            problems.append(f"samples name {what} but the dataset has no {folder_key}")
+            continue
+        folder = str(dataset[folder_key])
+        missing = [name if isinstance(name, str) else f"<sample {index}: no {name_key}>" for index, name in named
+                   if not isinstance(name, str) or not os.path.isfile(os.path.join(folder, name))]
+        if not missing:
+            continue
+        images_missing |= name_key == "image_file_name"
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        absent = "" if os.path.isdir(folder) else " (no such folder)"
+        text = f"{len(missing)} of {len(named)} {what} missing in {folder!r}{absent}: " \
+               f"{', '.join(repr(name) for name in missing[:5])}{more}"
+        if searched and name_key == "image_file_name":
+            text += f" (also searched {', '.join(repr(str(p)) for p in searched)})"
+        problems.append(text)
+    if problems:
+        hint = "; give the image folder with image_dir (onnx-dl: --image-dir)" if images_missing else ""
+        raise DLDatasetError(f"dataset {source!r}: {'; '.join(problems)}{hint}")
 
 
 def _checked_dataset(content: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -275,15 +352,17 @@ def write_dl_dataset(dataset: dict[str, Any], path: str | os.PathLike[str]) -> N
 
 def jsonable(value: Any) -> Any:
     """``value`` with NumPy arrays and scalars turned into lists and Python numbers, in any nesting
-    of dicts (keys become strings), lists and tuples."""
+    of dicts (keys become strings), lists and tuples; NaN becomes None (null: JSON has no NaN)."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
     return value
 
 

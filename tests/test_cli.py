@@ -36,13 +36,16 @@ def test_train_writes_model_log_and_plot(trained: Path) -> None:
     steps = [r for r in rows if r["total_loss"]]
     assert len(steps) == 2 * (192 * 80 // 100 // 32) and len(rows) == len(steps) + 2
     assert (trained / "training.png").stat().st_size > 1000
+    for name in ("evaluation.json", "report.txt", "confusion_matrix.png", "predictions.png"):  # the best model's
+        assert (trained / name).stat().st_size > 100, name
+    assert "loss_cross_entropy" in rows[0]  # every loss part is logged
     session = ort.InferenceSession(str(trained / "best_model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].shape[1] == 4
 
 
 def test_evaluate_apply_export_info(trained: Path, tmp_path: Path) -> None:
     model = str(trained / "best_model.onnx")
-    done = _cli("evaluate", model, str(trained / "dataset"), "--split", "train")
+    done = _cli("evaluate", model, str(trained / "dataset"), "--split", "train", "--json")
     assert done.returncode == 0, done.stderr
     assert 0.0 <= json.loads(done.stdout)["top1_error"] <= 1.0
     images = sorted((trained / "dataset" / "circle").iterdir())[:2]
@@ -55,6 +58,18 @@ def test_evaluate_apply_export_info(trained: Path, tmp_path: Path) -> None:
     assert done.returncode == 0 and (tmp_path / "deploy.onnx").exists()
     done = _cli("info", model)
     assert done.returncode == 0 and "num_trainable_params" in done.stdout and "circle" in done.stdout
+
+
+def test_evaluate_prints_a_report_and_writes_its_files(trained: Path, tmp_path: Path) -> None:
+    model, data = str(trained / "best_model.onnx"), str(trained / "dataset")
+    measures = json.loads(_cli("evaluate", model, data, "--split", "train", "--json").stdout)
+    done = _cli("evaluate", model, data, "--split", "train", "--output", str(tmp_path / "report"))
+    assert done.returncode == 0, done.stderr
+    assert f"top1_error  {measures['top1_error']:.4f}" in done.stdout
+    assert "absolute_confusion_matrix (rows: predicted, columns: ground truth)" in done.stdout
+    assert json.loads((tmp_path / "report" / "evaluation.json").read_text()) == measures
+    assert {p.name for p in (tmp_path / "report").iterdir()} >= {"report.txt", "predictions.png",
+                                                                 "confusion_matrix.png", "confusion_matrix_normalized.png"}
 
 
 def test_train_detection_dataset_and_export_boxes(tmp_path: Path) -> None:

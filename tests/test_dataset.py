@@ -181,3 +181,90 @@ def test_bad_split_arguments() -> None:
         D.split_dl_dataset(_labelled({0: 3}), 80, 30)
     with pytest.raises(DLDatasetError, match="expected one of"):
         D.split_indices(_labelled({0: 3}), "holdout")
+
+
+def _coco_layout(root: Path, split: str = "val2017", count: int = 6) -> Path:
+    """COCO's own layout from a generated detection dataset: ``annotations/instances_<split>.json``
+    with bare file names, the images in ``<split>/``."""
+    made = D.write_synthetic_dataset("detection", root / "made", count, 16, seed=0)
+    coco = json.loads(made.read_text())
+    for image in coco["images"]:
+        image["file_name"] = Path(image["file_name"]).name
+    (root / "made" / "images").rename(root / split)
+    (root / "annotations").mkdir()
+    target = root / "annotations" / f"instances_{split}.json"
+    target.write_text(json.dumps(coco))
+    made.unlink()
+    return target
+
+
+def test_coco_images_beside_in_the_standard_layout_or_given(tmp_path: Path) -> None:
+    import shutil
+
+    beside = D.write_synthetic_dataset("detection", tmp_path / "beside", 4, 16, seed=0)
+    assert D.read_dl_dataset(beside)["image_dir"] == str(beside.parent.resolve())
+    found = _coco_layout(tmp_path / "coco")
+    dataset = D.read_dl_dataset(found)
+    assert dataset["image_dir"] == str((tmp_path / "coco" / "val2017").resolve())
+    assert D.gen_dl_samples(dataset, [5])[0]["image"].shape == (16, 16, 3)
+    assert D.read_dl_dataset_from_coco(found)["image_dir"] == dataset["image_dir"]  # the reader finds them too
+    shutil.copytree(tmp_path / "coco" / "val2017", tmp_path / "coco" / "images")
+    assert D.read_dl_dataset(found)["image_dir"].endswith("val2017")  # the json's own suffix first
+    train = found.with_name("instances_train2017.json")
+    train.write_text(found.read_text())  # no train2017/: the next candidate, images/
+    assert D.read_dl_dataset(train)["image_dir"] == str((tmp_path / "coco" / "images").resolve())
+    shutil.copytree(tmp_path / "coco" / "val2017", tmp_path / "elsewhere")
+    given = D.read_dl_dataset(found, image_dir=tmp_path / "elsewhere")  # given explicitly: it wins
+    assert given["image_dir"] == str((tmp_path / "elsewhere").resolve())
+    assert D.read_dl_dataset_from_coco(found, tmp_path / "elsewhere")["image_dir"] == given["image_dir"]
+
+
+def test_missing_files_are_listed_in_one_error(tmp_path: Path) -> None:
+    coco = D.write_synthetic_dataset("detection", tmp_path / "det", 8, 16, seed=0)
+    for index in range(1, 8):
+        (tmp_path / "det" / "images" / f"{index:05d}.png").unlink()
+    with pytest.raises(DLDatasetError) as caught:
+        D.read_dl_dataset(coco)
+    message = str(caught.value)
+    assert "\n" not in message and "annotations.json" in message
+    assert f"7 of 8 image files missing in {str((tmp_path / 'det').resolve())!r}" in message
+    assert all(f"'images/{i:05d}.png'" in message for i in range(1, 6)) and "00006" not in message
+    assert "and 2 more" in message and "00000" not in message and "--image-dir" in message
+    layout = _coco_layout(tmp_path / "coco", count=3)
+    (tmp_path / "coco" / "val2017").rename(tmp_path / "coco" / "pictures")
+    with pytest.raises(DLDatasetError, match=r"3 of 3 image files missing in .*annotations'.*also searched "
+                                             r".*val2017', .*images', .*train2017'"):
+        D.read_dl_dataset(layout)
+    assert len(D.read_dl_dataset(layout, image_dir=tmp_path / "coco" / "pictures")["samples"]) == 3
+    with pytest.raises(DLDatasetError, match=r"3 of 3 image files missing in .*nowhere' \(no such folder\)"):
+        D.read_dl_dataset(layout, image_dir=tmp_path / "nowhere")
+
+
+def test_segmentation_and_csv_files_checked_and_image_dir_given(tmp_path: Path) -> None:
+    import re
+
+    seg = D.write_synthetic_dataset("segmentation", tmp_path / "seg", 4, 16, seed=0)
+    (tmp_path / "seg" / "labels" / "00002.png").unlink()
+    labels = str((tmp_path / "seg" / "labels").resolve())
+    expected = re.escape(f"1 of 4 label images missing in {labels!r}: '00002.png'") + "$"
+    with pytest.raises(DLDatasetError, match=expected):
+        D.read_dl_dataset(seg)
+    (tmp_path / "seg" / "images").rename(tmp_path / "moved")
+    with pytest.raises(DLDatasetError, match=r"4 of 4 image files missing .*; 1 of 4 label images missing"):
+        D.read_dl_dataset(seg)
+    _png(tmp_path / "seg" / "labels" / "00002.png", np.zeros((16, 16)))
+    dataset = D.read_dl_dataset(seg, image_dir=tmp_path / "moved")
+    assert dataset["image_dir"] == str((tmp_path / "moved").resolve()) and dataset["segmentation_dir"] == labels
+    assert D.gen_dl_samples(dataset, [2])[0]["segmentation_image"].shape == (16, 16)
+    csv = D.write_synthetic_dataset("multi_label_classification", tmp_path / "ml", 4, 16, seed=0)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "ml" / "images").rename(tmp_path / "other" / "images")  # the CSV names images/00000.png ...
+    with pytest.raises(DLDatasetError, match=r"labels.csv'.*4 of 4 image files missing"):
+        D.read_dl_dataset(csv)
+    assert D.read_dl_dataset(csv, image_dir=tmp_path / "other")["image_dir"] == str((tmp_path / "other").resolve())
+
+
+def test_class_folder_tree_refuses_an_image_dir(tmp_path: Path) -> None:
+    folder = D.write_synthetic_dataset("classification", tmp_path / "cls", 4, 16, seed=0)
+    with pytest.raises(DLDatasetError, match=r"class-folder tree.*image_dir .* does not apply"):
+        D.read_dl_dataset(folder, image_dir=tmp_path)
