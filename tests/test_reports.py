@@ -111,3 +111,14 @@ def test_a_class_without_detections_still_gets_its_curve(tmp_path):
     written = {p.name for p in reports.write_report(tmp_path, measures, params, results, samples)}
     assert "precision_recall.png" in written and measures["ap_50_per_class"][2] == 0.0
     assert reports.error_scores(results, samples, params).tolist() == [2.0]  # one box missed, one matching none
+
+
+def test_without_matplotlib_the_numbers_are_written_and_said_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import matplotlib raises ImportError
+    monkeypatch.setattr(reports, "_told_about_matplotlib", False)
+    results, samples = _known()
+    measures = classification_measures(results, samples, PARAMS["class_ids"])
+    for folder in ("a", "b"):
+        written = {p.name for p in reports.write_report(tmp_path / folder, measures, PARAMS, results, samples)}
+        assert written == {"evaluation.json", "report.txt", "predictions.png"}
+    assert capsys.readouterr().out.count("matplotlib is not installed") == 1
