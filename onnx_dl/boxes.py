@@ -80,17 +80,18 @@ def checked_boxes(entry: dict[str, Any], index: int, label_key: str = LABEL_KEY,
     return boxes, columns[label_key]
 
 
-def _as_boxes(boxes: np.ndarray, name: str) -> np.ndarray:
+def as_boxes(boxes: np.ndarray, name: str, layout: tuple[str, ...] = ("row1", "col1", "row2", "col2")) -> np.ndarray:
+    """``boxes`` as float64 (..., len(layout)), or a ValueError naming ``name`` and the expected layout."""
     array = np.asarray(boxes, np.float64)
-    if array.ndim < 1 or array.shape[-1] != 4:
-        raise ValueError(f"{name}: expected boxes of shape (..., 4) as (row1, col1, row2, col2), got shape "
+    if array.ndim < 1 or array.shape[-1] != len(layout):
+        raise ValueError(f"{name}: expected boxes of shape (..., {len(layout)}) as ({', '.join(layout)}), got shape "
                          f"{array.shape}")
     return array
 
 
 def area(boxes: np.ndarray) -> np.ndarray:
     """Area of each box: max(row2 - row1, 0) * max(col2 - col1, 0), shape (...)."""
-    b = _as_boxes(boxes, "boxes")
+    b = as_boxes(boxes, "boxes")
     return np.maximum(b[..., 2] - b[..., 0], 0.0) * np.maximum(b[..., 3] - b[..., 1], 0.0)
 
 
@@ -100,7 +101,7 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
         I = max(min(r2a, r2b) - max(r1a, r1b), 0) * max(min(c2a, c2b) - max(c1a, c1b), 0)
         IoU = I / (area_a + area_b - I), and 0 where that union is 0.
     """
-    a, b = _as_boxes(boxes_a, "boxes_a").reshape(-1, 4), _as_boxes(boxes_b, "boxes_b").reshape(-1, 4)
+    a, b = as_boxes(boxes_a, "boxes_a").reshape(-1, 4), as_boxes(boxes_b, "boxes_b").reshape(-1, 4)
     if len(a) > len(b):  # the longer list on the inner axis: NumPy broadcasts far faster that way
         return iou_rows(b, a).T
     return iou_rows(a, b)
@@ -144,7 +145,7 @@ def encode(anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
     (cr, cc) is a box's centre, h and w its extents. Every extent must be > 0.
     """
-    a, t = _as_boxes(anchors, "anchors"), _as_boxes(targets, "targets")
+    a, t = as_boxes(anchors, "anchors"), as_boxes(targets, "targets")
     if a.shape != t.shape:
         raise ValueError(f"encode: anchors of shape {a.shape} and targets of shape {t.shape} differ")
     cr_a, cc_a, h_a, w_a = _centre_and_extent(a)
@@ -162,7 +163,7 @@ def decode(anchors: np.ndarray, deltas: np.ndarray) -> np.ndarray:
         cc = cc_a + 0.1 dc w_a     w = w_a exp(min(0.2 dw, log(1000/16)))
         box = (cr - h/2, cc - w/2, cr + h/2, cc + w/2)
     """
-    a, d = _as_boxes(anchors, "anchors"), _as_boxes(deltas, "deltas")
+    a, d = as_boxes(anchors, "anchors"), as_boxes(deltas, "deltas")
     if d.shape[-2:] != a.shape[-2:]:
         raise ValueError(f"decode: deltas of shape {d.shape} do not end in the anchors' shape {a.shape}")
     cr_a, cc_a, h_a, w_a = _centre_and_extent(a)
@@ -221,7 +222,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, max_overlap: float) -> np.ndarray
     Boxes are visited by descending score (equal scores: lower index first); a box is suppressed
     when IoU > ``max_overlap`` with a box kept before it.
     """
-    b = _as_boxes(boxes, "boxes").reshape(-1, 4)
+    b = as_boxes(boxes, "boxes").reshape(-1, 4)
     s = np.asarray(scores, np.float64).reshape(-1)
     if len(s) != len(b):
         raise ValueError(f"nms: {len(b)} boxes but {len(s)} scores")

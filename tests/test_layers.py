@@ -13,8 +13,8 @@ LAYERS = [
     ["solvers"],
     ["params"],
     ["graph"],
-    ["losses", "rewrites", "canonical", "batch_axis", "folded_batchnorm", "foreign", "boxes", "anchors",
-     "pool_gradients", "fast_gradients", "samples", "measures", "score_head"],
+    ["losses", "rewrites", "canonical", "batch_axis", "folded_batchnorm", "foreign", "boxes", "rotated_boxes",
+     "anchors", "pool_gradients", "fast_gradients", "samples", "measures", "score_head"],
     ["training_graph"],
     ["tasks"],  # the model types (tasks/classification.py, ...), registered by tasks/__init__.py
     ["engine.session"],
