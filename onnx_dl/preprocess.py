@@ -9,6 +9,7 @@ it was.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,8 @@ NORMALIZATION_TYPES = ("none", "all_channels", "first_channel", "constant_values
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_DEVIATION = (58.395, 57.12, 57.375)
 LABEL_PLANES = ("segmentation_image", "weight_image")  # resized with nearest neighbour
-AUGMENT_METHODS = ("mirror", "rotate", "brightness", "contrast", "crop")
+AUGMENT_METHODS = ("mirror", "rotate", "brightness_variation", "brightness_variation_spot", "contrast_variation",
+                   "saturation_variation", "crop_percentage", "crop_pixel", "rotate_range")  # HALCON keys
 
 
 # --- resizing -----------------------------------------------------------------------------------
@@ -253,79 +255,277 @@ def _map_planes(sample: dict[str, Any], change: Any) -> dict[str, Any]:
     return done
 
 
-def augment_dl_samples(samples: Sequence[dict[str, Any]], seed: int | np.random.Generator = 0, *,
-                       augmentation_percentage: float = 50.0, mirror_axes: str = "rc", rotate_step: int = 90,
-                       brightness_variation: float = 20.0, contrast_variation: float = 0.2,
-                       crop_percentage: float = 80.0) -> list[dict[str, Any]]:
-    """Randomly changed copies of preprocessed samples, as HALCON's ``augment_dl_samples`` does.
+# HALCON's augment_dl_samples keys with HALCON's defaults: every method is off unless named.
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "augmentation_percentage": 50,
+    "mirror": "off",                 # 'off', 'r', 'c' or 'rc'
+    "rotate": 0,                     # 0, 90 or 180
+    "brightness_variation": 0,       # 0..255
+    "brightness_variation_spot": 0,  # 0..255
+    "contrast_variation": 0,         # 0..1
+    "saturation_variation": 0,       # 0..1
+    "crop_percentage": 100,          # 1..100, classification only
+    "crop_pixel": 0,                 # pixels >= 0, classification only
+    "rotate_range": 0,               # 0..180 degrees, classification only
+}
+AUGMENT_CLASSIFICATION_ONLY = ("crop_percentage", "crop_pixel", "rotate_range")
+MIRROR_VALUES = ("off", "r", "c", "rc", "cr")
+# The old keyword form (deprecated): old keyword -> (HALCON key, the old form's default).
+DEPRECATED_AUGMENT_KEYWORDS: dict[str, tuple[str, Any]] = {
+    "augmentation_percentage": ("augmentation_percentage", 50.0),
+    "mirror_axes": ("mirror", "rc"),
+    "rotate_step": ("rotate", 90),
+    "brightness_variation": ("brightness_variation", 20.0),
+    "contrast_variation": ("contrast_variation", 0.2),
+    "crop_percentage": ("crop_percentage", 80.0),
+}
 
-    Each sample is augmented with probability ``augmentation_percentage`` / 100 by exactly one
-    method, drawn uniformly from the enabled ones:
 
-    - mirror: along a random non-empty subset of ``mirror_axes`` ('r' rows, 'c' columns; '' off);
-    - rotate: by a random multiple of ``rotate_step`` degrees (90 or 180; 0 off); a non-square
-      image turns by 180 degrees only;
-    - brightness: a uniform offset in [-``brightness_variation``, +``brightness_variation``] added
-      to the image (in the model's value units; 0 off);
-    - contrast: the image's deviation from its mean scaled by a uniform factor in
-      [1 - ``contrast_variation``, 1 + ``contrast_variation``] (0 off);
-    - crop: a random region of ``crop_percentage`` % of each side, resized back (100 off).
+def rotate_by_angle(image: np.ndarray, degrees: float) -> np.ndarray:
+    """(H, W) or (H, W, C) image turned counter-clockwise (as ``np.rot90``) by ``degrees`` about its
+    centre ((H - 1) / 2, (W - 1) / 2), same size, bilinear; outside the image the border is replicated.
 
-    Boxes, label images and weight images follow every geometric method. ``seed`` is an int or a
-    NumPy Generator; the same seed gives the same result.
+    Target pixel (r, c) at offset (dr, dc) from the centre reads the source at
+    (cos t * dr + sin t * dc, -sin t * dr + cos t * dc) from the centre.
     """
+    image = np.asarray(image, np.float32)
+    planes = image if image.ndim == 3 else image[:, :, None]
+    height, width = planes.shape[:2]
+    angle = np.deg2rad(degrees)
+    cos, sin = round(float(np.cos(angle)), 12), round(float(np.sin(angle)), 12)  # exact at multiples of 90
+    centre_r, centre_c = (height - 1) / 2, (width - 1) / 2
+    dr = np.arange(height, dtype=np.float64)[:, None] - centre_r
+    dc = np.arange(width, dtype=np.float64)[None, :] - centre_c
+    r = np.clip(centre_r + cos * dr + sin * dc, 0, height - 1)  # clipping the position replicates the border
+    c = np.clip(centre_c - sin * dr + cos * dc, 0, width - 1)
+    r0, c0 = np.floor(r).astype(np.int64), np.floor(c).astype(np.int64)
+    r1, c1 = np.minimum(r0 + 1, height - 1), np.minimum(c0 + 1, width - 1)
+    fr, fc = (r - r0).astype(np.float32)[:, :, None], (c - c0).astype(np.float32)[:, :, None]
+    top = planes[r0, c0] * (1 - fc) + planes[r0, c1] * fc
+    bottom = planes[r1, c0] * (1 - fc) + planes[r1, c1] * fc
+    return (top * (1 - fr) + bottom * fr).astype(np.float32).reshape(image.shape)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and bool(np.isfinite(value))
+
+
+def _got(value: Any) -> str:
+    return repr(value) if _is_number(value) or isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def check_augment_param(gen_param: dict[str, Any] | None) -> dict[str, Any]:
+    """HALCON's ``augment_dl_samples`` GenParam checked and completed with the defaults
+    (:data:`AUGMENT_DEFAULTS`). Unknown keys and bad values raise a :class:`DLSampleError` that names
+    the key, what was expected and what came (all problems at once)."""
+    if gen_param is None:
+        gen_param = {}
+    if not isinstance(gen_param, dict):
+        raise DLSampleError(f"augment_dl_samples: gen_param: expected a dict of HALCON keys "
+                            f"({', '.join(AUGMENT_DEFAULTS)}), got {_got(gen_param)}")
+    problems = []
+    for key in gen_param:
+        if key not in AUGMENT_DEFAULTS:
+            problems.append(f"unknown key {key!r}: expected one of {', '.join(AUGMENT_DEFAULTS)}")
+    settings = {**AUGMENT_DEFAULTS, **{k: v for k, v in gen_param.items() if k in AUGMENT_DEFAULTS}}
+
+    def number(key: str, low: float, high: float, integer: bool = False, allowed: str = "") -> None:
+        value = settings[key]
+        ok = _is_number(value) and low <= value <= high and (not integer or float(value).is_integer())
+        if not ok:
+            expected = allowed or f"{'an integer' if integer else 'a number'} in {low:g}..{high:g}"
+            problems.append(f"key {key!r}: expected {expected}, got {_got(value)}")
+
+    number("augmentation_percentage", 0, 100)
+    if not isinstance(settings["mirror"], str) or settings["mirror"] not in MIRROR_VALUES:
+        problems.append(f"key 'mirror': expected 'off', 'r', 'c' or 'rc', got {_got(settings['mirror'])}")
+    if not (_is_number(settings["rotate"]) and settings["rotate"] in (0, 90, 180)):
+        problems.append(f"key 'rotate': expected 0, 90 or 180, got {_got(settings['rotate'])}")
+    number("brightness_variation", 0, 255)
+    number("brightness_variation_spot", 0, 255)
+    number("contrast_variation", 0, 1)
+    number("saturation_variation", 0, 1)
+    number("crop_percentage", 1, 100)
+    number("crop_pixel", 0, np.inf, integer=True, allowed="an integer >= 0 (0: off)")
+    number("rotate_range", 0, 180, integer=True)
+    if problems:
+        raise DLSampleError("augment_dl_samples, gen_param: " + "; ".join(problems))
+    return settings
+
+
+def _enabled_methods(settings: dict[str, Any]) -> list[str]:
+    """The switched-on methods, in a fixed order (the old keyword form's five first, so its seeded
+    results stay as they were)."""
+    on = {"mirror": settings["mirror"] != "off", "rotate": settings["rotate"] != 0,
+          "brightness_variation": settings["brightness_variation"] > 0,
+          "contrast_variation": settings["contrast_variation"] > 0,
+          "crop_percentage": settings["crop_percentage"] < 100,
+          "brightness_variation_spot": settings["brightness_variation_spot"] > 0,
+          "saturation_variation": settings["saturation_variation"] > 0,
+          "crop_pixel": settings["crop_pixel"] > 0, "rotate_range": settings["rotate_range"] > 0}
+    return [name for name, chosen in on.items() if chosen]
+
+
+def sample_kind(sample: dict[str, Any]) -> str:
+    """What a sample's annotation is for augmentation: 'detection' (boxes), 'segmentation' (a label image)
+    or 'classification' (image_label_id / image_label_ids, or no label)."""
+    if _has_boxes(sample):
+        return "detection"
+    if "segmentation_image" in sample:
+        return "segmentation"
+    return "classification"
+
+
+def _check_samples(samples: list[dict[str, Any]], settings: dict[str, Any], enabled: list[str],
+                   classification_only: bool) -> None:
+    for index, sample in enumerate(samples):
+        if "image" not in sample:
+            raise DLSampleError(f"sample {index}: missing key 'image' (keys present: {sorted(map(str, sample))})")
+        kind = sample_kind(sample)
+        for key in AUGMENT_CLASSIFICATION_ONLY:
+            if classification_only and key in enabled and kind != "classification":
+                raise DLSampleError(
+                    f"augment_dl_samples, gen_param key {key!r}: applies to classification samples only "
+                    f"(image_label_id / image_label_ids), as in HALCON; sample {index} is a {kind} sample "
+                    f"(it has {'bbox_* keys' if kind == 'detection' else 'a segmentation_image'})")
+        if "crop_pixel" in enabled:
+            height, width = np.asarray(sample["image"]).shape[:2]
+            if settings["crop_pixel"] >= min(height, width):
+                raise DLSampleError(f"augment_dl_samples, gen_param key 'crop_pixel': expected fewer pixels than "
+                                    f"the image's smaller side, got {settings['crop_pixel']} for sample {index} "
+                                    f"of size {height} x {width}")
+
+
+def _augment_one(sample: dict[str, Any], method: str, value: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """``sample`` changed by one augmentation ``method`` (a HALCON key) with setting ``value``."""
+    height, width = np.asarray(sample["image"]).shape[:2]
+    if method == "mirror":
+        chosen = ""
+        while not chosen:
+            chosen = "".join(axis for axis in value if rng.uniform() < 1 / len(value))
+        return mirror(sample, "r" in chosen, "c" in chosen)
+    if method == "rotate":  # quarter turns: 1..3 (90, square images) or 2 (180, or not square)
+        return rotate(sample, int(rng.integers(1, 4)) if value == 90 and height == width else 2)
+    image = np.asarray(sample["image"], np.float32)
+    if method == "brightness_variation":
+        return {**sample, "image": image + np.float32(rng.uniform(-value, value))}
+    if method == "contrast_variation":
+        factor = np.float32(rng.uniform(1 - value, 1 + value))
+        return {**sample, "image": (image - image.mean()) * factor + image.mean()}
+    if method in ("crop_percentage", "crop_pixel"):
+        if method == "crop_percentage":
+            rows, cols = max(1, round(height * value / 100)), max(1, round(width * value / 100))
+        else:
+            rows, cols = height - int(value), width - int(value)
+        top, left = int(rng.integers(0, height - rows + 1)), int(rng.integers(0, width - cols + 1))
+        return crop(sample, top, left, rows, cols)
+    if method == "brightness_variation_spot":  # peak * exp(-d^2 / (2 sigma^2)), d from a random centre
+        peak = rng.uniform(-value, value)
+        centre_r, centre_c = rng.uniform(-0.5, height - 0.5), rng.uniform(-0.5, width - 0.5)
+        sigma = rng.uniform(0.5, 1.0) * width
+        distance = (np.arange(height)[:, None] - centre_r) ** 2 + (np.arange(width)[None, :] - centre_c) ** 2
+        spot = (peak * np.exp(-distance / (2 * sigma ** 2))).astype(np.float32)
+        return {**sample, "image": image + (spot[:, :, None] if image.ndim == 3 else spot)}
+    if method == "saturation_variation":  # the deviation from each pixel's grey value (channel mean) scaled
+        factor = np.float32(rng.uniform(1 - value, 1 + value))
+        if image.ndim != 3 or image.shape[2] != 3:
+            return dict(sample)  # a grey image has no saturation
+        grey = image.mean(axis=2, keepdims=True)
+        return {**sample, "image": (grey + (image - grey) * factor).astype(np.float32)}
+    if method == "rotate_range":
+        return {**sample, "image": rotate_by_angle(image, int(rng.integers(-int(value), int(value) + 1)))}
+    raise AssertionError(method)
+
+
+def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, Any] | int | np.random.Generator
+                       | None = None, seed: int | np.random.Generator = 0, *,
+                       augmentation_percentage: float | None = None, mirror_axes: str | None = None,
+                       rotate_step: int | None = None, brightness_variation: float | None = None,
+                       contrast_variation: float | None = None,
+                       crop_percentage: float | None = None) -> list[dict[str, Any]]:
+    """Randomly changed copies of preprocessed samples: HALCON's ``augment_dl_samples(DLSampleBatch,
+    GenParam)`` with HALCON's keys and defaults.
+
+    ``gen_param`` is a dict of HALCON keys (see :data:`AUGMENT_DEFAULTS`). Every method is off
+    unless named: with only ``augmentation_percentage`` every sample comes back unchanged.
+
+    - ``'augmentation_percentage'`` (50, 0..100): the chance in % that a sample is augmented; an
+      augmented sample gets exactly one method, drawn uniformly from the enabled ones;
+    - ``'mirror'`` ('off'; 'r', 'c' or 'rc'): mirror along a random non-empty subset of the axes
+      ('r' rows: upside down, 'c' columns: left-right);
+    - ``'rotate'`` (0; 90 or 180): turn by a random multiple of the step (a non-square image turns by
+      180 degrees only);
+    - ``'brightness_variation'`` (0, 0..255): add a uniform offset in [-v, v] (in the model's value
+      units);
+    - ``'brightness_variation_spot'`` (0, 0..255): add a Gaussian spot with a random centre, sigma
+      uniform in 0.5..1.0 x the image width and a peak uniform in [-v, v];
+    - ``'contrast_variation'`` (0, 0..1): scale the image's deviation from its mean by a uniform
+      factor in [1 - v, 1 + v];
+    - ``'saturation_variation'`` (0, 0..1): scale each pixel's deviation from its grey value (the
+      channel mean) by a uniform factor in [1 - v, 1 + v]; 3-channel images only (no change to a
+      1-channel image);
+    - classification samples only (``image_label_id`` / ``image_label_ids``; samples with boxes or a
+      ``segmentation_image`` raise a :class:`DLSampleError`), as in HALCON:
+      ``'crop_percentage'`` (100 = off, 1..100): crop to that % of each side at a random offset and
+      resize back; ``'crop_pixel'`` (0 = off): crop to (W - p) x (H - p) at a random offset and resize
+      back; ``'rotate_range'`` (0 = off, 0..180): turn by a random integer number of degrees in
+      [-r, r] about the image centre (bilinear, border replicated, see :func:`rotate_by_angle`).
+
+    Boxes, label images and weight images follow every geometric method. Unknown keys and bad
+    values raise a :class:`DLSampleError` naming the key (:func:`check_augment_param`). ``seed`` is
+    an int or a NumPy Generator; the same seed gives the same result. The input is left as it was.
+
+    Deprecated keyword form: ``augment_dl_samples(samples, seed, augmentation_percentage=50,
+    mirror_axes='rc', rotate_step=90, brightness_variation=20, contrast_variation=0.2,
+    crop_percentage=80)`` (an int or Generator as second argument, or any of these keywords) still
+    works with these old defaults (every method on; the crop applies to every sample type) and
+    gives a ``DeprecationWarning``. HALCON keys replacing them: ``mirror_axes`` -> ``'mirror'``
+    ('' -> 'off'), ``rotate_step`` -> ``'rotate'``, the other four keep their names as keys.
+    """
+    old = {name: value for name, value in (("augmentation_percentage", augmentation_percentage),
+                                           ("mirror_axes", mirror_axes), ("rotate_step", rotate_step),
+                                           ("brightness_variation", brightness_variation),
+                                           ("contrast_variation", contrast_variation),
+                                           ("crop_percentage", crop_percentage)) if value is not None}
+    old_form = bool(old) or isinstance(gen_param, (int, np.integer, np.random.Generator))
+    if old_form:
+        if isinstance(gen_param, (int, np.integer, np.random.Generator)):
+            if isinstance(seed, np.random.Generator) or seed != 0:
+                raise DLSampleError(f"augment_dl_samples: the seed came twice: {_got(gen_param)} as second "
+                                    f"argument and seed={_got(seed)}")
+            seed = gen_param  # type: ignore[assignment]
+        elif gen_param is not None:
+            raise DLSampleError(f"augment_dl_samples: expected either gen_param (a dict of HALCON keys) or the "
+                                f"deprecated keywords {', '.join(old)}, got both")
+        settings = {key: old.get(name, default) for name, (key, default) in DEPRECATED_AUGMENT_KEYWORDS.items()}
+        if settings["mirror"] == "":
+            settings["mirror"] = "off"
+        replaced = ", ".join(f"{name} -> {key!r}" for name, (key, _) in DEPRECATED_AUGMENT_KEYWORDS.items())
+        warnings.warn("augment_dl_samples(samples, seed, mirror_axes=..., rotate_step=..., ...) is deprecated: pass "
+                      "HALCON's gen_param dict, augment_dl_samples(samples, gen_param, seed), whose methods are "
+                      f"all off unless named. Old keyword -> HALCON key: {replaced} (mirror_axes '' -> 'off'). "
+                      f"HALCON's 'crop_percentage' applies to classification samples only. This call equals "
+                      f"gen_param={settings}", DeprecationWarning, stacklevel=2)
+        try:
+            settings = check_augment_param(settings)
+        except DLSampleError as error:  # name the keyword the caller used
+            message = str(error)
+            for name, (key, _) in DEPRECATED_AUGMENT_KEYWORDS.items():
+                if name != key:
+                    message = message.replace(f"key {key!r}", f"{name} (HALCON key {key!r})")
+            raise DLSampleError(message) from None
+    else:
+        settings = check_augment_param(gen_param)  # type: ignore[arg-type]
     samples = check_sample_list(samples, "augment_dl_samples")
-    _check_augment_settings(augmentation_percentage, mirror_axes, rotate_step, brightness_variation,
-                            contrast_variation, crop_percentage)
+    enabled = _enabled_methods(settings)
+    _check_samples(samples, settings, enabled, classification_only=not old_form)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     result = []
     for sample in samples:
-        height, width = np.asarray(sample["image"]).shape[:2]
-        enabled = [name for name, on in (("mirror", bool(mirror_axes)),
-                                         ("rotate", rotate_step > 0),
-                                         ("brightness", brightness_variation > 0),
-                                         ("contrast", contrast_variation > 0),
-                                         ("crop", crop_percentage < 100)) if on]
-        if not enabled or rng.uniform(0, 100) >= augmentation_percentage:
+        if not enabled or rng.uniform(0, 100) >= settings["augmentation_percentage"]:
             result.append(dict(sample))
             continue
         method = enabled[int(rng.integers(len(enabled)))]
-        if method == "mirror":
-            chosen = ""
-            while not chosen:
-                chosen = "".join(axis for axis in mirror_axes if rng.uniform() < 1 / len(mirror_axes))
-            result.append(mirror(sample, "r" in chosen, "c" in chosen))
-        elif method == "rotate":  # quarter turns: 1..3 (step 90, square images) or 2 (step 180, or not square)
-            square_steps = rotate_step == 90 and height == width
-            result.append(rotate(sample, int(rng.integers(1, 4)) if square_steps else 2))
-        elif method == "brightness":
-            offset = np.float32(rng.uniform(-brightness_variation, brightness_variation))
-            result.append({**sample, "image": np.asarray(sample["image"], np.float32) + offset})
-        elif method == "contrast":
-            image = np.asarray(sample["image"], np.float32)
-            factor = np.float32(rng.uniform(1 - contrast_variation, 1 + contrast_variation))
-            result.append({**sample, "image": (image - image.mean()) * factor + image.mean()})
-        else:
-            rows, cols = max(1, round(height * crop_percentage / 100)), max(1, round(width * crop_percentage / 100))
-            top, left = int(rng.integers(0, height - rows + 1)), int(rng.integers(0, width - cols + 1))
-            result.append(crop(sample, top, left, rows, cols))
+        result.append(_augment_one(sample, method, settings[method], rng))
     return result
-
-
-def _check_augment_settings(percentage: float, axes: str, step: int, brightness: float, contrast: float,
-                            crop_percent: float) -> None:
-    problems = []
-    if not 0 <= percentage <= 100:
-        problems.append(f"augmentation_percentage: expected 0..100, got {percentage}")
-    if not isinstance(axes, str) or set(axes) - {"r", "c"} or len(set(axes)) != len(axes):
-        problems.append(f"mirror_axes: expected '', 'r', 'c' or 'rc', got {axes!r}")
-    if step not in (0, 90, 180):
-        problems.append(f"rotate_step: expected 0, 90 or 180, got {step}")
-    if not 0 <= brightness <= 255:
-        problems.append(f"brightness_variation: expected 0..255, got {brightness}")
-    if not 0 <= contrast < 1:
-        problems.append(f"contrast_variation: expected 0 <= value < 1, got {contrast}")
-    if not 0 < crop_percent <= 100:
-        problems.append(f"crop_percentage: expected 0 < value <= 100, got {crop_percent}")
-    if problems:
-        raise DLSampleError("augment_dl_samples: " + "; ".join(problems))

@@ -24,6 +24,7 @@ from .errors import DLParamError
 from .evaluation import evaluate_dl_model, main_measure
 from .model import DLModel
 from .operators import set_dl_model_param, train_dl_model_batch
+from .preprocess import sample_kind
 from .serialization import write_dl_model
 
 LOG_COLUMNS = ["epoch", "step", "learning_rate", "total_loss", "images_per_second", "validation_measure"]
@@ -90,9 +91,38 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
 
 
+# ``train_dl_model(..., augment=True)``: HALCON ``augment_dl_samples`` keys (all methods are off by default
+# there). ``crop_percentage`` is left out for models other than classification (HALCON crops
+# classification samples only).
+TRAINING_AUGMENTATION: dict[str, Any] = {"augmentation_percentage": 50, "mirror": "rc", "rotate": 90,
+                                         "brightness_variation": 20, "contrast_variation": 0.2,
+                                         "crop_percentage": 80}
+
+
+def training_augmentation(augment: bool | dict[str, Any] | None, classification: bool) -> dict[str, Any] | None:
+    """The ``augment_dl_samples`` gen_param that ``train_dl_model(augment=...)`` uses (None: no augmentation).
+
+    False: none; True: :data:`TRAINING_AUGMENTATION` (without the classification-only methods unless
+    ``classification``: the samples carry image labels, :func:`onnx_dl.preprocess.sample_kind`); a dict:
+    HALCON keys as given (checked here).
+    """
+    from .preprocess import AUGMENT_CLASSIFICATION_ONLY, check_augment_param
+
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return {k: v for k, v in TRAINING_AUGMENTATION.items()
+                if classification or k not in AUGMENT_CLASSIFICATION_ONLY}
+    if not isinstance(augment, dict):
+        raise DLParamError(f"train_dl_model, augment: expected False, True or a dict of augment_dl_samples keys, "
+                           f"got {augment!r} ({type(augment).__name__})")
+    check_augment_param(augment)
+    return dict(augment)
+
+
 def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, evaluate_every: int = 1,
                    schedule: str | None = None, schedule_settings: dict[str, float] | None = None,
-                   augment: bool = False, output_dir: str | Path | None = None, seed: int = 0,
+                   augment: bool | dict[str, Any] = False, output_dir: str | Path | None = None, seed: int = 0,
                    progress: bool = True) -> TrainResult:
     """Train ``model`` for ``epochs`` epochs on the 'train' split of ``dataset``.
 
@@ -107,6 +137,11 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
     ``output_dir/best_model.onnx``. ``output_dir`` also gets ``log.csv`` (one row per step with the
     learning rate, the total loss and each loss part, flushed; one per evaluation) and, with matplotlib
     installed, ``training.png`` (the losses, the validation measure and the learning rate per step).
+
+    ``augment`` augments each batch with :func:`~onnx_dl.preprocess.augment_dl_samples` (seeded from
+    ``seed``): False none, True :data:`TRAINING_AUGMENTATION` (mirror 'rc', rotate 90, brightness 20,
+    contrast 0.2 and, for classification models only, crop 80 %), or a dict of HALCON's
+    ``augment_dl_samples`` keys (methods not named are off), see :func:`training_augmentation`.
     """
     if epochs < 1 or evaluate_every < 1:
         raise DLParamError(f"epochs and evaluate_every: expected >= 1, got {epochs} and {evaluate_every}")
@@ -114,6 +149,8 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
     if not train:
         raise DLParamError("train_dl_model: the dataset has no 'train' samples; call split_dl_dataset first")
     validation = ds.split_indices(dataset, "validation") or train
+    first = ds.gen_dl_samples(dataset, train[:1])[0]
+    augmentation = training_augmentation(augment, sample_kind(first) == "classification")
     params = model.params
     batch = params["batch_size"] * params["batch_size_multiplier"]
     per_epoch = len(train) // batch
@@ -137,10 +174,10 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
                 set_dl_model_param(model, "learning_rate", lr)
                 chosen = [int(i) for i in order[position * batch:(position + 1) * batch]]
                 batch_samples = samples.get(chosen)
-                if augment:
+                if augmentation is not None:
                     from .preprocess import augment_dl_samples
 
-                    batch_samples = augment_dl_samples(batch_samples, rng)
+                    batch_samples = augment_dl_samples(batch_samples, augmentation, rng)
                 start = time.perf_counter()
                 losses = train_dl_model_batch(model, batch_samples)
                 loss = losses["total_loss"]

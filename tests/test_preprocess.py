@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from onnx_dl import preprocess as P
+from onnx_dl import training
 from onnx_dl.errors import DLSampleError
 
 
@@ -178,12 +179,56 @@ def test_crop_clips_and_scales_boxes_and_drops_cut_away_objects() -> None:
     np.testing.assert_allclose(_boxes(partial)[1], (np.array([21.5, 24.5, 29.5, 29.5]) + 0.5) * 40 / 30 - 0.5)
 
 
+OLD_DEFAULTS_WITHOUT_CROP = {"mirror": "rc", "rotate": 90, "brightness_variation": 20, "contrast_variation": 0.2}
+
+
+def _classification_sample(size: tuple[int, int] = (24, 24), channels: int = 3, seed: int = 0) -> dict:
+    """A smooth colour image with an image_label_id (a classification sample)."""
+    rows, cols = np.mgrid[0:size[0], 0:size[1]].astype(np.float32)
+    image = np.stack([rows * 3.0, cols * 2.0, rows + cols], axis=2)[:, :, :channels] - 40.0
+    image += np.random.default_rng(seed).uniform(-5, 5, image.shape).astype(np.float32)
+    return {"image": image.astype(np.float32), "image_label_id": 2, "image_id": seed}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+            np.testing.assert_array_equal(a[key], b[key])
+        else:
+            assert a[key] == b[key]
+
+
+def _same_sample(a: dict, b: dict) -> bool:
+    try:
+        _same(a, b)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("gen_param", [None, {}, {"augmentation_percentage": 100}, dict(P.AUGMENT_DEFAULTS,
+                                                                                         augmentation_percentage=100)])
+def test_augmentation_defaults_change_nothing_unless_a_method_is_named(gen_param: dict | None) -> None:
+    samples = [_rectangles_sample(), _rectangles_sample((40, 50), channels=1), _classification_sample(),
+               _classification_sample(channels=1), {"image": np.arange(12, dtype=np.float32).reshape(3, 4)}]
+    done = P.augment_dl_samples(samples, gen_param, seed=5)
+    assert len(done) == len(samples)
+    for kept, original in zip(done, samples):
+        assert kept is not original
+        _same(kept, original)  # bit for bit, dtypes and shapes included
+
+
 def test_augment_is_seeded_uses_every_method_and_keeps_samples_consistent() -> None:
     samples = [_rectangles_sample() for _ in range(60)]
-    first = P.augment_dl_samples(samples, 3, augmentation_percentage=100, crop_percentage=100)
-    again = P.augment_dl_samples(samples, 3, augmentation_percentage=100, crop_percentage=100)
+    gen_param = {"augmentation_percentage": 100, **OLD_DEFAULTS_WITHOUT_CROP}
+    first = P.augment_dl_samples(samples, gen_param, 3)
+    again = P.augment_dl_samples(samples, gen_param, seed=3)
     for a, b in zip(first, again):
-        np.testing.assert_array_equal(a["image"], b["image"])
+        _same(a, b)
+    other = P.augment_dl_samples(samples, gen_param, 4)
+    assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
     changed = {"geometry": 0, "values": 0}
     for sample in first:
         geometric = not np.array_equal(sample["segmentation_image"], samples[0]["segmentation_image"])
@@ -197,19 +242,252 @@ def test_augment_is_seeded_uses_every_method_and_keeps_samples_consistent() -> N
     assert np.array_equal(samples[0]["image"], _rectangles_sample()["image"])  # the input is left as it was
 
 
+def test_every_method_on_is_seeded_for_classification_samples() -> None:
+    samples = [_classification_sample(seed=i) for i in range(40)]
+    gen_param = {"augmentation_percentage": 100, "mirror": "rc", "rotate": 180, "brightness_variation": 10,
+                 "brightness_variation_spot": 10, "contrast_variation": 0.3, "saturation_variation": 0.5,
+                 "crop_percentage": 70, "crop_pixel": 3, "rotate_range": 20}
+    first = P.augment_dl_samples(samples, gen_param, np.random.default_rng(8))
+    for a, b in zip(first, P.augment_dl_samples(samples, gen_param, np.random.default_rng(8))):
+        _same(a, b)
+    for done, original in zip(first, samples):
+        assert done["image"].shape == original["image"].shape and done["image"].dtype == np.float32
+        assert done["image_label_id"] == 2 and not np.array_equal(done["image"], original["image"])
+
+
 def test_augment_percentage_and_settings() -> None:
     samples = [_rectangles_sample() for _ in range(5)]
-    for kept, original in zip(P.augment_dl_samples(samples, 0, augmentation_percentage=0), samples):
+    for kept, original in zip(P.augment_dl_samples(samples, {"augmentation_percentage": 0, "mirror": "rc"}), samples):
         assert kept is not original and np.array_equal(kept["image"], original["image"])
-    half = P.augment_dl_samples([_rectangles_sample() for _ in range(400)], 1)
+    half = P.augment_dl_samples([_rectangles_sample() for _ in range(400)], OLD_DEFAULTS_WITHOUT_CROP, 1)
     share = np.mean([not np.array_equal(s["image"], samples[0]["image"]) for s in half])
-    assert 0.4 < share < 0.6
-    wide = P.augment_dl_samples([_rectangles_sample((40, 50))] * 20, 2, augmentation_percentage=100,
-                                mirror_axes="", brightness_variation=0, contrast_variation=0, crop_percentage=100)
+    assert 0.4 < share < 0.6  # HALCON's default augmentation_percentage is 50
+    wide = P.augment_dl_samples([_rectangles_sample((40, 50))] * 20, {"augmentation_percentage": 100, "rotate": 90}, 2)
     for turned in wide:  # a non-square image turns by 180 degrees only
         _consistent(turned)
         np.testing.assert_array_equal(turned["image"], _rectangles_sample((40, 50))["image"][::-1, ::-1])
-    with pytest.raises(DLSampleError, match="rotate_step: expected 0, 90 or 180, got 45"):
+
+
+@pytest.mark.parametrize("axes", ["r", "c", "rc"])
+def test_augment_mirror_alone_moves_boxes_and_masks(axes: str) -> None:
+    original = _rectangles_sample((40, 50))
+    image = original["image"]
+    allowed = {"r": [image[::-1]], "c": [image[:, ::-1]], "rc": [image[::-1], image[:, ::-1], image[::-1, ::-1]]}
+    seen = set()
+    for done in P.augment_dl_samples([original] * 30, {"augmentation_percentage": 100, "mirror": axes}, 0):
+        _consistent(done)
+        matches = [i for i, candidate in enumerate(allowed[axes]) if np.array_equal(done["image"], candidate)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == len(allowed[axes])  # every non-empty subset of the axes comes up
+
+
+def test_augment_rotate_alone_turns_square_images_by_quarter_turns() -> None:
+    original = _rectangles_sample()
+    turns = set()
+    for done in P.augment_dl_samples([original] * 30, {"augmentation_percentage": 100, "rotate": 90}, 0):
+        _consistent(done)
+        (k,) = [k for k in (1, 2, 3) if np.array_equal(done["image"], np.rot90(original["image"], k))]
+        turns.add(k)
+    assert turns == {1, 2, 3}
+    for done in P.augment_dl_samples([original] * 5, {"augmentation_percentage": 100, "rotate": 180}, 0):
+        _consistent(done)
+        np.testing.assert_array_equal(done["image"], original["image"][::-1, ::-1])
+
+
+def test_augment_brightness_and_contrast_alone_change_values_only() -> None:
+    original = _rectangles_sample()
+    for done in P.augment_dl_samples([original] * 10, {"augmentation_percentage": 100, "brightness_variation": 15}, 0):
+        offset = done["image"] - original["image"]
+        assert np.ptp(offset) < 1e-4 and 0 < abs(offset.flat[0]) <= 15
+        np.testing.assert_array_equal(_boxes(done), _boxes(original))
+        np.testing.assert_array_equal(done["segmentation_image"], original["segmentation_image"])
+    for done in P.augment_dl_samples([original] * 10, {"augmentation_percentage": 100, "contrast_variation": 0.3}, 0):
+        np.testing.assert_allclose(done["image"].mean(), original["image"].mean(), rtol=1e-5)
+        ratio = (done["image"] - done["image"].mean()) / (original["image"] - original["image"].mean())
+        assert np.ptp(ratio) < 1e-3 and 0.7 <= ratio.flat[0] <= 1.3
+
+
+def test_augment_brightness_spot_is_a_smooth_bounded_spot() -> None:
+    original = _classification_sample((30, 40))
+    width, variation = 40, 50.0
+    peaks = []
+    for done in P.augment_dl_samples([original] * 20, {"augmentation_percentage": 100,
+                                                        "brightness_variation_spot": variation}, 4):
+        change = (done["image"] - original["image"]).astype(np.float64)
+        np.testing.assert_allclose(change[:, :, 1:], np.repeat(change[:, :, :1], 2, axis=2), atol=1e-4)
+        spot = change[:, :, 0]
+        assert np.abs(spot).max() <= variation + 1e-3
+        assert np.abs(spot).max() > 0 and np.ptp(spot) > 0  # a spot, not a constant offset
+        assert (np.all(spot >= -1e-4) or np.all(spot <= 1e-4))  # one sign: peak * gaussian
+        # smooth: sigma >= 0.5 * width bounds the slope by |peak| / (sigma * sqrt(e)) < 2 * variation / width
+        assert np.abs(np.diff(spot, axis=0)).max() <= 2 * variation / width
+        assert np.abs(np.diff(spot, axis=1)).max() <= 2 * variation / width
+        peaks.append(spot.flat[np.abs(spot).argmax()])
+    assert min(peaks) < 0 < max(peaks)
+    (grey,) = P.augment_dl_samples([_classification_sample(channels=1)], {"augmentation_percentage": 100,
+                                                                         "brightness_variation_spot": 9}, 0)
+    assert grey["image"].shape == (24, 24, 1)
+
+
+def test_augment_saturation_keeps_grey_and_the_channel_mean() -> None:
+    gen_param = {"augmentation_percentage": 100, "saturation_variation": 0.5}
+    grey_samples = [_classification_sample(channels=1), {"image": np.arange(20, dtype=np.float32).reshape(4, 5)},
+                    {"image": np.repeat(_classification_sample(channels=1)["image"], 3, axis=2)}]
+    for done, original in zip(P.augment_dl_samples(grey_samples, gen_param, 0), grey_samples):
+        _same(done, original)  # no colour, nothing to change
+    original = _classification_sample()
+    factors = []
+    for done in P.augment_dl_samples([original] * 10, gen_param, 1):
+        np.testing.assert_allclose(done["image"].mean(axis=2), original["image"].mean(axis=2), atol=1e-4)
+        deviation = original["image"] - original["image"].mean(axis=2, keepdims=True)
+        changed = done["image"] - done["image"].mean(axis=2, keepdims=True)
+        big = np.abs(deviation) > 1
+        ratio = changed[big] / deviation[big]
+        assert np.ptp(ratio) < 1e-3 and 0.5 <= ratio[0] <= 1.5
+        factors.append(ratio[0])
+    assert np.ptp(factors) > 0.1
+
+
+def test_rotate_by_angle_quarter_turn_identity_border_and_pillow() -> None:
+    image = np.random.default_rng(3).uniform(0, 255, (21, 21, 3)).astype(np.float32)
+    np.testing.assert_array_equal(P.rotate_by_angle(image, 0), image)
+    np.testing.assert_allclose(P.rotate_by_angle(image, 90)[1:-1, 1:-1], np.rot90(image)[1:-1, 1:-1], atol=1e-4)
+    np.testing.assert_allclose(P.rotate_by_angle(image, -90), np.rot90(image, -1), atol=1e-4)
+    ringed = image.copy()  # a constant border: rotated corners read the replicated border
+    ringed[0], ringed[-1], ringed[:, 0], ringed[:, -1] = 7.0, 7.0, 7.0, 7.0
+    turned = P.rotate_by_angle(ringed, 45)
+    for corner in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        np.testing.assert_allclose(turned[corner], 7.0, atol=1e-4)
+    wide = np.random.default_rng(4).uniform(0, 255, (15, 22)).astype(np.float32)
+    for angle in (30, -17):  # Pillow rotates counter-clockwise about the same centre, bilinear
+        pillow = np.asarray(Image.fromarray(wide, mode="F").rotate(angle, Image.BILINEAR, fillcolor=-1000.0))
+        inside = np.zeros(wide.shape, bool)
+        inside[4:-4, 4:-4] = True
+        inside &= pillow > -1
+        assert inside.sum() > 20
+        np.testing.assert_allclose(P.rotate_by_angle(wide, angle)[inside], pillow[inside], atol=1e-3)
+
+
+def test_augment_rotate_range_turns_by_whole_degrees_in_range() -> None:
+    original = _classification_sample((20, 26))
+    angles = set()
+    for done in P.augment_dl_samples([original] * 12, {"augmentation_percentage": 100, "rotate_range": 5}, 2):
+        (angle,) = [a for a in range(-5, 6) if np.array_equal(done["image"], P.rotate_by_angle(original["image"], a))]
+        angles.add(angle)
+        assert done["image"].shape == original["image"].shape
+    assert len(angles) > 3
+
+
+def test_augment_crop_pixel_and_crop_percentage_keep_the_size() -> None:
+    original = _classification_sample((20, 26))
+    offsets = set()
+    for done in P.augment_dl_samples([original] * 12, {"augmentation_percentage": 100, "crop_pixel": 4}, 0):
+        assert done["image"].shape == original["image"].shape
+        (offset,) = [(t, c) for t in range(5) for c in range(5)
+                     if np.array_equal(done["image"], P.crop(original, t, c, 16, 22)["image"])]
+        offsets.add(offset)
+    assert len(offsets) > 3
+    for done in P.augment_dl_samples([original] * 5, {"augmentation_percentage": 100, "crop_percentage": 50}, 0):
+        assert done["image"].shape == original["image"].shape
+        assert any(np.array_equal(done["image"], P.crop(original, t, c, 10, 13)["image"])
+                   for t in range(11) for c in range(14))
+
+
+@pytest.mark.parametrize("key,value", [("crop_percentage", 80), ("crop_pixel", 2), ("rotate_range", 10)])
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+def test_classification_only_keys_raise_for_other_samples(key: str, value: int, kind: str) -> None:
+    sample = _rectangles_sample()
+    if kind == "detection":
+        sample.pop("segmentation_image")
+        sample.pop("weight_image")
+    else:
+        for name in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_label_id"):
+            sample.pop(name)
+    with pytest.raises(DLSampleError, match=rf"'{key}': applies to classification samples only.*sample 1 is a {kind}"):
+        P.augment_dl_samples([_classification_sample(), sample], {key: value, "augmentation_percentage": 0})
+    off = {"crop_percentage": 100, "crop_pixel": 0, "rotate_range": 0}[key]  # switched off: no complaint
+    P.augment_dl_samples([sample], {key: off, "augmentation_percentage": 100})
+    multi_label = {"image": np.zeros((8, 8, 3), np.float32), "image_label_ids": [0, 2]}
+    P.augment_dl_samples([multi_label], {key: value, "augmentation_percentage": 100})
+
+
+@pytest.mark.parametrize("gen_param,message", [
+    ({"mirror_axes": "r"}, "unknown key 'mirror_axes': expected one of augmentation_percentage, mirror"),
+    ({"ignore_direction": True}, "unknown key 'ignore_direction'"),
+    ({"rotate": 45}, "key 'rotate': expected 0, 90 or 180, got 45"),
+    ({"mirror": "x"}, "key 'mirror': expected 'off', 'r', 'c' or 'rc', got 'x'"),
+    ({"mirror": ""}, "key 'mirror': expected 'off', 'r', 'c' or 'rc', got ''"),
+    ({"augmentation_percentage": 150}, "key 'augmentation_percentage': expected a number in 0..100, got 150"),
+    ({"brightness_variation": -1}, "key 'brightness_variation': expected a number in 0..255, got -1"),
+    ({"brightness_variation_spot": 300}, "key 'brightness_variation_spot': expected a number in 0..255, got 300"),
+    ({"contrast_variation": 1.5}, "key 'contrast_variation': expected a number in 0..1, got 1.5"),
+    ({"saturation_variation": "0.2"}, "key 'saturation_variation': expected a number in 0..1, got '0.2'"),
+    ({"crop_percentage": 0}, "key 'crop_percentage': expected a number in 1..100, got 0"),
+    ({"crop_pixel": 2.5}, "key 'crop_pixel': expected an integer >= 0 \\(0: off\\), got 2.5"),
+    ({"rotate_range": 200}, "key 'rotate_range': expected an integer in 0..180, got 200"),
+    ({"rotate": True}, "key 'rotate': expected 0, 90 or 180, got True \\(bool\\)"),
+    ([("mirror", "r")], "gen_param: expected a dict of HALCON keys"),
+])
+def test_unknown_keys_and_bad_values_raise_naming_the_key(gen_param: dict, message: str) -> None:
+    with pytest.raises(DLSampleError, match=message):
+        P.augment_dl_samples([_classification_sample()], gen_param)
+
+
+def test_crop_pixel_must_leave_pixels() -> None:
+    with pytest.raises(DLSampleError, match="'crop_pixel': expected fewer pixels than the image's smaller side, "
+                                            "got 20 for sample 0 of size 20 x 26"):
+        P.augment_dl_samples([_classification_sample((20, 26))], {"crop_pixel": 20})
+
+
+def test_deprecated_keyword_form_still_works_and_warns() -> None:
+    samples = [_rectangles_sample() for _ in range(60)]
+    with pytest.warns(DeprecationWarning, match=r"mirror_axes -> 'mirror', rotate_step -> 'rotate'"):
+        old = P.augment_dl_samples(samples, 3, augmentation_percentage=100, crop_percentage=100)
+    # the old defaults: mirror 'rc', rotate 90, brightness 20, contrast 0.2; the same draws as the new form
+    new = P.augment_dl_samples(samples, {"augmentation_percentage": 100, **OLD_DEFAULTS_WITHOUT_CROP}, 3)
+    for a, b in zip(old, new):
+        _same(a, b)
+    with pytest.warns(DeprecationWarning, match="deprecated"):  # a Generator as second argument: every old default
+        half = P.augment_dl_samples([_rectangles_sample() for _ in range(200)], np.random.default_rng(1))
+    share = np.mean([not np.array_equal(s["image"], samples[0]["image"]) for s in half])
+    assert 0.35 < share < 0.65
+    with pytest.warns(DeprecationWarning):  # the old form crops every sample type, boxes included
+        cropped = P.augment_dl_samples(samples[:5], 0, augmentation_percentage=100, mirror_axes="", rotate_step=0,
+                                       brightness_variation=0, contrast_variation=0, crop_percentage=60)
+    for done in cropped:
+        assert any(_same_sample(done, P.crop(samples[0], t, c, 24, 24)) for t in range(17) for c in range(17))
+    named = r"rotate_step \(HALCON key 'rotate'\): expected 0, 90 or 180, got 45"
+    with pytest.warns(DeprecationWarning), pytest.raises(DLSampleError, match=named):
         P.augment_dl_samples(samples, 0, rotate_step=45)
-    with pytest.raises(DLSampleError, match="mirror_axes"):
+    with pytest.warns(DeprecationWarning), pytest.raises(DLSampleError, match=r"mirror_axes \(HALCON key 'mirror'\)"):
         P.augment_dl_samples(samples, 0, mirror_axes="x")
+    with pytest.warns(DeprecationWarning):
+        (kept,) = P.augment_dl_samples(samples[:1], 0, augmentation_percentage=100, mirror_axes="", rotate_step=0,
+                                       brightness_variation=0, contrast_variation=0, crop_percentage=100)
+    _same(kept, samples[0])
+    with pytest.raises(DLSampleError, match="seed came twice"):
+        P.augment_dl_samples(samples, 3, seed=4)
+    with pytest.raises(DLSampleError, match="got both"):
+        P.augment_dl_samples(samples, {"mirror": "r"}, mirror_axes="c")
+
+
+def test_training_augmentation_keeps_the_old_behaviour_explicitly() -> None:
+    assert training.training_augmentation(False, True) is None
+    classification = training.training_augmentation(True, True)
+    assert classification == training.TRAINING_AUGMENTATION and classification["crop_percentage"] == 80
+    assert classification == {"augmentation_percentage": 50, "mirror": "rc", "rotate": 90, "brightness_variation": 20,
+                              "contrast_variation": 0.2, "crop_percentage": 80}
+    for kind in ("detection", "segmentation"):  # HALCON crops classification samples only
+        assert training.training_augmentation(True, False) == {"augmentation_percentage": 50,
+                                                              **OLD_DEFAULTS_WITHOUT_CROP}
+    assert training.training_augmentation({"mirror": "c"}, False) == {"mirror": "c"}
+    with pytest.raises(DLSampleError, match="unknown key 'mirror_axes'"):
+        training.training_augmentation({"mirror_axes": "c"}, False)
+    with pytest.raises(training.DLParamError, match="augment: expected False, True or a dict"):
+        training.training_augmentation("yes", False)  # type: ignore[arg-type]
+    samples = [_rectangles_sample() for _ in range(40)]  # True is the old keyword form's behaviour, minus the crop
+    with pytest.warns(DeprecationWarning):
+        old = P.augment_dl_samples(samples, 6, crop_percentage=100)
+    for a, b in zip(old, P.augment_dl_samples(samples, training.training_augmentation(True, False), 6)):
+        _same(a, b)
