@@ -19,6 +19,7 @@ from .errors import (
     DLSampleError,
     DLWarning,
 )
+from .detection_params import determine_dl_model_detection_param
 from .model import DLModel
 from .operators import (
     apply_dl_model,
@@ -36,6 +37,7 @@ __all__ = [
     "DLError", "DLFoldedBatchNormWarning", "DLModel", "DLModelFileError", "DLNonFiniteError", "DLParamError",
     "DLRuntimeError", "DLSampleError", "DLWarning",
     "apply_dl_model", "bundled_models", "create_dl_model_detection",
-    "create_dl_model_multi_label_classification", "export_torch", "get_dl_model_param", "get_system",
+    "create_dl_model_multi_label_classification", "determine_dl_model_detection_param", "export_torch",
+    "get_dl_model_param", "get_system",
     "read_dl_model", "set_dl_model_param", "set_system", "train_dl_model_batch", "write_dl_model",
 ]

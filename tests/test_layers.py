@@ -25,7 +25,8 @@ LAYERS = [
     ["nets", "serialization", "torch_export"],
     ["tasks.detection_builder", "tasks.multi_label_builder"],
     ["operators"],
-    ["evaluation", "dataset", "training", "preprocess", "segmentation", "drawing", "reports"],
+    ["evaluation", "dataset", "training", "preprocess", "segmentation", "drawing", "reports",
+     "detection_params"],
     ["cli", "__init__", "__main__"],
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
