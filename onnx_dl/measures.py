@@ -3,8 +3,12 @@ results and annotated samples; :mod:`onnx_dl.evaluation` runs a model over a dat
 
 Segmentation: a confusion matrix with rows = predicted and columns = ground truth over all
 non-ignored pixels; TP = diagonal, FP = row sum - TP, FN = column sum - TP; class IoU =
-TP / (TP + FP + FN); classes without ground-truth pixels are left out of the means.
-Classification: top-1 error, per-class precision and recall, the confusion matrix.
+TP / (TP + FP + FN), class pixel accuracy = TP / (TP + FN); classes without ground-truth pixels are
+left out of the means; the frequency-weighted IoU weighs each class IoU by its share of the
+ground-truth pixels.
+Classification: top-K errors (K = 1 .. min(5, classes)), per-class precision, recall and F-score and
+their means over the classes where defined, the absolute and the relative (per ground-truth class)
+confusion matrix.
 Multi-label classification: per class, the average precision of ranking the samples by the class's
 confidence (the area under the step precision-recall curve; tied confidences count as one
 threshold), its mean over classes present; precision, recall and F1 at ``min_confidence``.
@@ -36,7 +40,18 @@ def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, classes: int) -> 
 
 def segmentation_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
                           ignore_class_ids: list[int] | tuple[int, ...] = ()) -> dict[str, Any]:
-    """``mean_iou``, ``class_iou`` (by class id), ``pixel_accuracy``, ``mean_accuracy``, ``pixel_confusion_matrix``."""
+    """HALCON's segmentation measures over the pixels whose ground truth is not in ``ignore_class_ids``:
+
+    * ``mean_iou``, ``class_iou`` (by class id): IoU_c = TP_c / (TP_c + FP_c + FN_c);
+    * ``pixel_accuracy`` = sum TP / number of pixels;
+    * ``mean_accuracy``, ``class_pixel_accuracy`` (by class id): TP_c / (TP_c + FN_c), i.e. the share
+      of the class's ground-truth pixels predicted as the class;
+    * ``frequency_weighted_iou`` = sum_c (GT_c / sum GT) * IoU_c, GT_c = TP_c + FN_c the class's
+      ground-truth pixels;
+    * ``pixel_confusion_matrix`` (rows: predicted, columns: ground truth).
+
+    A class without ground-truth pixels has NaN IoU and pixel accuracy and is left out of the means
+    (it has weight 0 in the frequency-weighted IoU); a measure over no class at all is NaN."""
     _check_lengths(results, samples)
     table = {cid: i for i, cid in enumerate(class_ids)}
     matrix = np.zeros((len(class_ids), len(class_ids)), np.int64)
@@ -52,33 +67,73 @@ def segmentation_measures(results: list[dict[str, Any]], samples: list[dict[str,
             raise DLSampleError(f"sample {index}: a label or result holds ids outside class_ids")
         matrix += confusion_matrix(predicted_index, truth_index, len(class_ids))
     tp = np.diag(matrix).astype(np.float64)
-    fp, fn = matrix.sum(axis=1) - tp, matrix.sum(axis=0) - tp
-    present = matrix.sum(axis=0) > 0
+    ground_truth = matrix.sum(axis=0).astype(np.float64)
+    fp, fn = matrix.sum(axis=1) - tp, ground_truth - tp
+    present = ground_truth > 0
     iou = np.where(present, tp / np.maximum(tp + fp + fn, 1), np.nan)
-    accuracy = np.where(present, tp / np.maximum(tp + fn, 1), np.nan)
+    accuracy = np.where(present, tp / np.maximum(ground_truth, 1), np.nan)
+    total = ground_truth.sum()
+    weighted_iou = float(np.sum(ground_truth[present] * iou[present]) / total) if total > 0 else float("nan")
+    by_id = lambda values: {cid: float(v) for cid, v in zip(class_ids, values)}  # noqa: E731
     return {
-        "mean_iou": float(np.nanmean(iou)), "class_iou": {cid: float(v) for cid, v in zip(class_ids, iou)},
-        "pixel_accuracy": float(tp.sum() / max(matrix.sum(), 1)), "mean_accuracy": float(np.nanmean(accuracy)),
+        "mean_iou": _mean_over_present(iou), "class_iou": by_id(iou),
+        "pixel_accuracy": float(tp.sum() / max(matrix.sum(), 1)), "mean_accuracy": _mean_over_present(accuracy),
+        "class_pixel_accuracy": by_id(accuracy), "frequency_weighted_iou": weighted_iou,
         "pixel_confusion_matrix": matrix,
     }
 
 
+TOP_K_MAX = 5
+"""The largest K of the ``top<K>_error`` measures of a classifier (HALCON's ``top1_error`` .. ``top5_error``
+where the model has that many classes)."""
+
+
+def relative_confusion_matrix(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` (rows: predicted, columns: ground truth) with each column divided by its sum: entry
+    (p, t) is the share of the samples of ground-truth class t predicted as p; a column without
+    samples stays 0."""
+    matrix = np.asarray(matrix, np.float64)
+    totals = matrix.sum(axis=0, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+
+
 def classification_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]],
                             class_ids: list[int]) -> dict[str, Any]:
-    """``top1_error``, per-class ``precision`` and ``recall`` (by class id), ``absolute_confusion_matrix``."""
+    """HALCON's classification measures (per-class values by class id; rows of the matrices: predicted,
+    columns: ground truth):
+
+    * ``top<K>_error`` for K = 1 .. min(5, classes): the share of samples whose label is not among the
+      first K of the result's ``classification_class_ids`` (sorted by descending confidence);
+    * ``precision`` = TP / predicted (NaN for a class never predicted), ``recall`` = TP / ground truth
+      (NaN for a class without samples), ``f_score`` = 2 P R / (P + R) (0 where P = R = 0, NaN where P
+      or R is NaN), by class id;
+    * ``mean_precision``, ``mean_recall``, ``mean_f_score``: their means over the classes where
+      defined (HALCON's ``'global'`` values; NaN where no class is);
+    * ``absolute_confusion_matrix`` (counts) and ``relative_confusion_matrix`` (each column divided
+      by the ground-truth count of its class, :func:`relative_confusion_matrix`)."""
     _check_lengths(results, samples)
     position = {cid: i for i, cid in enumerate(class_ids)}
-    predicted = np.array([position[r["classification_class_ids"][0]] for r in results], np.int64)
+    ranked = [list(r["classification_class_ids"]) for r in results]
+    predicted = np.array([position[r[0]] for r in ranked], np.int64)
     truth = np.array([position[s["image_label_id"]] for s in samples], np.int64)
     matrix = confusion_matrix(predicted, truth, len(class_ids))
     tp = np.diag(matrix).astype(np.float64)
-    precision = np.where(matrix.sum(axis=1) > 0, tp / np.maximum(matrix.sum(axis=1), 1), np.nan)
-    recall = np.where(matrix.sum(axis=0) > 0, tp / np.maximum(matrix.sum(axis=0), 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(matrix.sum(axis=1) > 0, tp / np.maximum(matrix.sum(axis=1), 1), np.nan)
+        recall = np.where(matrix.sum(axis=0) > 0, tp / np.maximum(matrix.sum(axis=0), 1), np.nan)
+        f_score = np.where((precision == 0) & (recall == 0), 0.0, 2 * precision * recall / (precision + recall))
+    labels = [s["image_label_id"] for s in samples]
+    top_k = {}
+    for k in range(1, min(TOP_K_MAX, len(class_ids)) + 1):
+        misses = [label not in r[:k] for r, label in zip(ranked, labels)]
+        top_k[f"top{k}_error"] = float(np.mean(misses)) if misses else float("nan")
+    by_id = lambda values: {cid: float(v) for cid, v in zip(class_ids, values)}  # noqa: E731
     return {
-        "top1_error": float(1.0 - tp.sum() / len(truth)),
-        "precision": {cid: float(v) for cid, v in zip(class_ids, precision)},
-        "recall": {cid: float(v) for cid, v in zip(class_ids, recall)},
-        "absolute_confusion_matrix": matrix,
+        **top_k,
+        "precision": by_id(precision), "recall": by_id(recall), "f_score": by_id(f_score),
+        "mean_precision": _mean_over_present(precision), "mean_recall": _mean_over_present(recall),
+        "mean_f_score": _mean_over_present(f_score),
+        "absolute_confusion_matrix": matrix, "relative_confusion_matrix": relative_confusion_matrix(matrix),
     }
 
 

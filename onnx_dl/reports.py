@@ -23,7 +23,8 @@ from .dataset import jsonable
 from .boxes import BOX_KEYS, iou_matrix
 from .measures import detection_pr_curves, label_sets, multi_label_pr_curves
 
-PER_CLASS = ("precision", "recall", "f_score", "ap_per_class", "class_iou", "ap_50_per_class", "ap_50_95_per_class")
+PER_CLASS = ("precision", "recall", "f_score", "ap_per_class", "class_iou", "class_pixel_accuracy", "ap_50_per_class",
+             "ap_50_95_per_class")
 MATRICES = ("absolute_confusion_matrix", "pixel_confusion_matrix")
 GRID_SIZE = 16  # predictions drawn, worst first
 _told_about_matplotlib = False

@@ -42,7 +42,8 @@ def with_classes(network: onnx.ModelProto, params: dict[str, Any], class_ids: li
 
 
 def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-    """Top-1 error, per-class precision and recall, the confusion matrix (:func:`onnx_dl.measures.classification_measures`)."""
+    """Top-1 .. top-5 errors (up to the class count), per-class precision, recall and F-score and their means,
+    the absolute and relative confusion matrices (:func:`onnx_dl.measures.classification_measures`)."""
     return measure.classification_measures(results, samples, params["class_ids"])
 
 

@@ -41,7 +41,7 @@ def check_params(params: dict[str, Any]) -> None:
 
 
 def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-    """Mean and class IoU, pixel and mean accuracy, the confusion matrix
+    """Mean, class and frequency-weighted IoU, pixel, mean and class pixel accuracy, the confusion matrix
     (:func:`onnx_dl.measures.segmentation_measures`) over the pixels not ignored."""
     return measure.segmentation_measures(results, samples, params["class_ids"], params["ignore_class_ids"])
 
