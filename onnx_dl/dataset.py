@@ -378,13 +378,17 @@ def _stratum(dataset: dict[str, Any], sample: dict[str, Any]) -> int:
 
 
 def split_dl_dataset(dataset: dict[str, Any], train_percent: float = 70.0, validation_percent: float = 15.0,
-                     seed: int = 42) -> None:
+                     seed: int | None = None) -> None:
     """Set ``split`` ('train', 'validation', 'test') of every sample in place, stratified by class.
 
     Per class, the samples are shuffled with ``seed`` and the first round(n * train_percent / 100)
     go to train, the next round(n * validation_percent / 100) to validation, the rest to test; a
-    class with samples always puts at least one into train.
+    class with samples always puts at least one into train. ``seed=None`` (the default) uses
+    ``get_system('seed_rand')`` (42 unless set: the same split as the former default ``seed=42``).
     """
+    from .system import seed as system_seed  # None -> set_system('seed_rand')
+
+    seed = system_seed(seed)
     if train_percent <= 0 or validation_percent < 0 or train_percent + validation_percent > 100:
         raise DLDatasetError(f"split_dl_dataset: expected 0 < train_percent and train_percent + validation_percent "
                              f"<= 100, got {train_percent} and {validation_percent}")

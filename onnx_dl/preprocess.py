@@ -439,7 +439,7 @@ def _augment_one(sample: dict[str, Any], method: str, value: Any, rng: np.random
 
 
 def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, Any] | int | np.random.Generator
-                       | None = None, seed: int | np.random.Generator = 0, *,
+                       | None = None, seed: int | np.random.Generator | None = None, *,
                        augmentation_percentage: float | None = None, mirror_axes: str | None = None,
                        rotate_step: int | None = None, brightness_variation: float | None = None,
                        contrast_variation: float | None = None,
@@ -474,7 +474,9 @@ def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, A
 
     Boxes, label images and weight images follow every geometric method. Unknown keys and bad
     values raise a :class:`DLSampleError` naming the key (:func:`check_augment_param`). ``seed`` is
-    an int or a NumPy Generator; the same seed gives the same result. The input is left as it was.
+    an int or a NumPy Generator; the same seed gives the same result. ``seed=None`` (the default) uses
+    ``get_system('seed_rand')`` (42 unless set; the former default was ``seed=0``: pass it for the
+    results of earlier versions). The input is left as it was.
 
     Deprecated keyword form: ``augment_dl_samples(samples, seed, augmentation_percentage=50,
     mirror_axes='rc', rotate_step=90, brightness_variation=20, contrast_variation=0.2,
@@ -491,7 +493,7 @@ def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, A
     old_form = bool(old) or isinstance(gen_param, (int, np.integer, np.random.Generator))
     if old_form:
         if isinstance(gen_param, (int, np.integer, np.random.Generator)):
-            if isinstance(seed, np.random.Generator) or seed != 0:
+            if isinstance(seed, np.random.Generator) or seed not in (None, 0):  # 0: the former default
                 raise DLSampleError(f"augment_dl_samples: the seed came twice: {_got(gen_param)} as second "
                                     f"argument and seed={_got(seed)}")
             seed = gen_param  # type: ignore[assignment]
@@ -520,6 +522,10 @@ def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, A
     samples = check_sample_list(samples, "augment_dl_samples")
     enabled = _enabled_methods(settings)
     _check_samples(samples, settings, enabled, classification_only=not old_form)
+    if seed is None:  # no seed given: set_system('seed_rand')
+        from .system import get_system
+
+        seed = get_system("seed_rand")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     result = []
     for sample in samples:

@@ -122,7 +122,7 @@ def training_augmentation(augment: bool | dict[str, Any] | None, classification:
 
 def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, evaluate_every: int = 1,
                    schedule: str | None = None, schedule_settings: dict[str, float] | None = None,
-                   augment: bool | dict[str, Any] = False, output_dir: str | Path | None = None, seed: int = 0,
+                   augment: bool | dict[str, Any] = False, output_dir: str | Path | None = None, seed: int | None = None,
                    progress: bool = True) -> TrainResult:
     """Train ``model`` for ``epochs`` epochs on the 'train' split of ``dataset``.
 
@@ -142,7 +142,14 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
     ``seed``): False none, True :data:`TRAINING_AUGMENTATION` (mirror 'rc', rotate 90, brightness 20,
     contrast 0.2 and, for classification models only, crop 80 %), or a dict of HALCON's
     ``augment_dl_samples`` keys (methods not named are off), see :func:`training_augmentation`.
+
+    ``seed`` seeds the shuffling and the augmentation; None (the default) uses
+    ``get_system('seed_rand')`` (42 unless set; the former default was ``seed=0``: pass it for the
+    runs of earlier versions).
     """
+    from .system import seed as system_seed  # None -> set_system('seed_rand')
+
+    seed = system_seed(seed)
     if epochs < 1 or evaluate_every < 1:
         raise DLParamError(f"epochs and evaluate_every: expected >= 1, got {epochs} and {evaluate_every}")
     train = ds.split_indices(dataset, "train")
