@@ -7,8 +7,6 @@
     dl.write_dl_model(model, "trained.onnx")
 """
 
-__version__ = "0.1.0"
-
 from .errors import (
     DLError,
     DLFoldedBatchNormWarning,
@@ -32,8 +30,10 @@ from .operators import (
 from .serialization import bundled_models, read_dl_model, write_dl_model
 from .system import get_system, set_system
 from .torch_export import export_torch
+from .version import VERSION as __version__
 
 __all__ = [
+    "__version__",
     "DLError", "DLFoldedBatchNormWarning", "DLModel", "DLModelFileError", "DLNonFiniteError", "DLParamError",
     "DLRuntimeError", "DLSampleError", "DLWarning",
     "apply_dl_model", "bundled_models", "create_dl_model_detection",

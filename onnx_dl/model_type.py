@@ -13,18 +13,13 @@ and give it tests.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import onnx
 
 from .errors import DLParamError
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    import numpy as np
-    import onnx
-
-    from .params import ParamSpec
-    from .training_graph import TrainingGraph
 
 
 @runtime_checkable
@@ -39,7 +34,8 @@ class ModelType(Protocol):
     SCORE_RANK: int  # rank of the network's score output (N, K) = 2, (N, K, H, W) = 4
 
     # -- parameters (the common ones are in onnx_dl.params.SPECS)
-    PARAMS: tuple[ParamSpec, ...]  # parameters only this type has
+    PARAMS: tuple[Any, ...]  # parameters only this type has (onnx_dl.params.ParamSpec; params reads this
+    # registry, so the contract names the class without importing it)
     PARAM_CHECKS: dict[str, Callable[[Any], str | None]]  # checks replacing a common parameter's
     FIXED_AFTER_CREATION: frozenset[str]  # parameters set_dl_model_param refuses once the model exists
     TRAINING_STATE: tuple[str, ...]  # read-only parameters that training steps change
@@ -72,8 +68,9 @@ class ModelType(Protocol):
         """The network ending in what ``apply_dl_model`` reads."""
 
     def build_training_graph(self, network: onnx.ModelProto, params: dict[str, Any],
-                             trainable: list[str] | None = None) -> TrainingGraph:
-        """The network with the type's losses appended."""
+                             trainable: list[str] | None = None) -> Any:
+        """The network with the type's losses appended (an onnx_dl.training_graph.TrainingGraph, a higher
+        layer than this contract)."""
 
     def train_chunks(self, samples: list[dict[str, Any]], params: dict[str, Any],
                      chunks: int) -> tuple[list[list[np.ndarray]], bool, dict[str, Any]]:

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from . import __version__
-from .tasks import detection_postprocess
 from .errors import DLModelFileError, DLParamError
 from .model import DLModel, from_network
 from .params import training_state
+from .tasks import detection_postprocess
+from .version import VERSION
 
 MAX_FILE_SIZE = 2**31  # bytes read without explicit consent (max_file_size=None)
 METADATA_KEY = "onnx_dl"
@@ -202,7 +202,7 @@ def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_
     """
     with model.lock:
         params = {k: v for k, v in model.params.items() if include_solver_state or k not in training_state(model.params["type"])}
-        info: dict[str, Any] = {"format": FORMAT_VERSION, "version": __version__, "params": params}
+        info: dict[str, Any] = {"format": FORMAT_VERSION, "version": VERSION, "params": params}
         if postprocess:
             if model.params["type"] != "detection":
                 raise DLParamError(f"write_dl_model: postprocess=True applies to detection models, not to a "

@@ -1,8 +1,10 @@
-"""Export a PyTorch module to ONNX in the form the library trains (torch is imported lazily)."""
+"""Export a PyTorch module to ONNX in the form the library trains (with the caller's torch: the library
+never imports torch)."""
 
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,14 @@ from .onnx_builder import OPSET
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
+
+
+def _torch_of(module: Any) -> Any:
+    """The torch package ``module`` belongs to, as the caller loaded it (no import here)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(module, torch.nn.Module):
+        raise DLParamError(f"export_torch: expected a torch.nn.Module, got {type(module).__name__}")
+    return torch
 
 
 def export_torch(module: Any, path: str | Path, image_size: int | tuple[int, int], num_channels: int = 3,
@@ -38,17 +48,16 @@ def export_torch(module: Any, path: str | Path, image_size: int | tuple[int, int
     ``image_size`` is ``(height, width)`` or one int for square images; the written network keeps
     the traced size as its default input size. Example::
 
-        import torchvision
         import onnx_dl as dl
 
-        net = torchvision.models.resnet18(weights="DEFAULT")
+        net = torchvision.models.resnet18(weights="DEFAULT")  # the caller's torchvision
         dl.export_torch(net, "resnet18.onnx", (224, 224))
         model = dl.read_dl_model("resnet18.onnx", type="classification")
         dl.set_dl_model_param(model, "class_ids", [0, 1, 2])
 
-    Needs torch (``pip install torch``); the rest of the library never imports it.
+    It works with the torch the caller's module comes from; the library itself never imports torch.
     """
-    import torch  # lazily: the library itself does not depend on torch
+    torch = _torch_of(module)
 
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if min(height, width, num_channels) < 1:

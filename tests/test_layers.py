@@ -9,7 +9,7 @@ import onnx_dl
 
 # lowest first; a sub-package counts as one module unless its modules are named (engine.*)
 LAYERS = [
-    ["errors", "onnx_builder", "system", "engine", "engine.runtime", "model_type", "synthetic"],
+    ["errors", "onnx_builder", "system", "version", "engine", "engine.runtime", "model_type", "synthetic"],
     ["solvers"],
     ["params"],
     ["graph"],
@@ -69,21 +69,12 @@ def test_every_module_has_a_layer() -> None:
     assert not missing, f"add these modules to a layer: {missing}"
 
 
-def _typing_only(tree: ast.AST) -> set[ast.AST]:
-    """Imports under ``if TYPE_CHECKING:``: names for annotations, not a dependency at run time."""
-    return {inner for node in ast.walk(tree)
-            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-            for inner in ast.walk(node)}
-
-
 def test_no_import_reaches_up_a_layer() -> None:
     upward = []
     for path in PACKAGE.rglob("*.py"):
         module = _module(path)
-        tree = ast.parse(path.read_text())
-        annotations_only = _typing_only(tree)
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.ImportFrom) and node.level >= 1) or node in annotations_only:
+        for node in ast.walk(ast.parse(path.read_text())):  # also under TYPE_CHECKING: a cycle for any reader
+            if not (isinstance(node, ast.ImportFrom) and node.level >= 1):
                 continue
             for parts in _imported(path, node):
                 name = _layer_name(parts)
@@ -105,3 +96,30 @@ def test_only_the_engine_imports_onnxruntime() -> None:
         if "import_module(\"onnxruntime" in path.read_text():
             found.append(f"{path.relative_to(PACKAGE)} imports onnxruntime by name")
     assert not found, found
+
+
+def test_no_import_cycle():
+    """No chain of imports (module level or inside functions) leads from a module back to itself."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(_parts(path))
+        graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                graph[module].update(".".join(parts) for parts in _imported(path, node) if ".".join(parts) != module)
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                return [*path, module, target]
+            if target not in state and (cycle := visit(target, [*path, module])):
+                return cycle
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module, [])
+            assert cycle is None, " -> ".join(cycle[cycle.index(cycle[-1]):])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -40,7 +41,7 @@ QUIET = 3  # ORT log severity: errors only
 def ort() -> Any:
     """Return the ``onnxruntime`` module, logging silenced; raise if the engine is not installed."""
     try:
-        module = importlib.import_module("onnxruntime")
+        module = _import_without_torch()
     except ImportError as exc:
         raise DLRuntimeError(f"ONNX Runtime is not installed: {_INSTALL_HINT}") from exc
     if not hasattr(module, "InferenceSession"):
@@ -49,22 +50,54 @@ def ort() -> Any:
     return module
 
 
+_TORCH_PACKAGES = ("training", "tools")
+"""onnxruntime's sub-packages whose ``__init__`` imports torch whenever torch is installed."""
+
+
+def _import_without_torch() -> Any:
+    """``import onnxruntime`` without loading torch: its import validates the build by importing
+    ``onnxruntime.training.ortmodule`` (PyTorch's ORTModule), whose package ``__init__`` and the
+    ``tools`` package it reaches import torch when it is installed (microsoft/onnxruntime#22070; about
+    2 s and a few hundred MB). Bare package objects stand in for ``training`` and ``tools`` (their
+    submodules load as usual) and ORTModule reads as absent during the import. If onnxruntime is
+    already imported, it is returned as it is."""
+    if "onnxruntime" in sys.modules:
+        return importlib.import_module("onnxruntime")
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("onnxruntime is not installed")
+    root = list(spec.submodule_search_locations)[0]
+    shims = {name: _bare_package(root, name) for name in _TORCH_PACKAGES if os.path.isdir(os.path.join(root, name))}
+    sys.modules["onnxruntime.training.ortmodule"] = None  # type: ignore[assignment]  # an ImportError: absent
+    try:
+        module = importlib.import_module("onnxruntime")
+    finally:
+        del sys.modules["onnxruntime.training.ortmodule"]  # a later explicit import finds the real one
+    for name, shim in shims.items():
+        setattr(module, name, shim)
+    return module
+
+
+def _bare_package(root: str, name: str) -> types.ModuleType:
+    """Register ``onnxruntime.<name>`` (under the package folder ``root``) as a package whose
+    ``__init__`` does not run; its submodules load as usual."""
+    shim = types.ModuleType(f"onnxruntime.{name}")
+    shim.__path__ = [os.path.join(root, name)]
+    sys.modules[shim.__name__] = shim
+    return shim
+
+
 @functools.cache
 def training() -> types.SimpleNamespace:
-    """Return ``artifacts`` and ``api`` of onnxruntime.training, imported without torch.
-
-    ``onnxruntime/training/__init__.py`` imports torch (microsoft/onnxruntime#22070), so a bare
-    package object stands in for it and only the torch-free subpackages are loaded.
-    """
+    """Return ``artifacts`` and ``api`` of onnxruntime.training, imported without torch (the bare
+    packages of :func:`_import_without_torch`: only the torch-free submodules are loaded)."""
     rt = ort()
-    root = os.path.join(os.path.dirname(rt.__file__), "training")
-    if not os.path.isdir(os.path.join(root, "api")):
+    root = os.path.dirname(rt.__file__)
+    if not os.path.isdir(os.path.join(root, "training", "api")):
         raise DLRuntimeError(f"this onnxruntime has no training support: {_INSTALL_HINT}")
-    if not hasattr(sys.modules.get("onnxruntime.training"), "api"):
-        shim = types.ModuleType("onnxruntime.training")
-        shim.__path__ = [root]
-        sys.modules["onnxruntime.training"] = shim
-        rt.training = shim
+    for name in _TORCH_PACKAGES:  # onnxruntime imported before us (and without torch) may lack them
+        if f"onnxruntime.{name}" not in sys.modules:
+            setattr(rt, name, _bare_package(root, name))
     artifacts = importlib.import_module("onnxruntime.training.artifacts")
     api = importlib.import_module("onnxruntime.training.api")
     graph_utils = importlib.import_module("onnxruntime.training.onnxblock._training_graph_utils")
