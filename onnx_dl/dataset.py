@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import model_type
+from . import model_type, system
 from .boxes import BOX_KEYS
 from .errors import DLDatasetError
 
@@ -170,7 +170,7 @@ def _coco_dataset(coco: Any, path: Path,
         for column, key in enumerate(BOX_KEYS):
             sample[key] = [box[column] for box, _ in found]
         samples.append(sample)
-    folder, searched = Path(image_dir if image_dir is not None else path.parent), list[Path]()
+    folder, searched = Path(image_dir if image_dir is not None else path.parent), []
     if image_dir is None and images:
         folder, searched = coco_image_dir(path, next(iter(images.values())))
     return {"type": "detection", "class_ids": [c for c, _ in categories], "class_names": [n for _, n in categories],
@@ -386,9 +386,7 @@ def split_dl_dataset(dataset: dict[str, Any], train_percent: float = 70.0, valid
     class with samples always puts at least one into train. ``seed=None`` (the default) uses
     ``get_system('seed_rand')`` (42 unless set: the same split as the former default ``seed=42``).
     """
-    from .system import seed as system_seed  # None -> set_system('seed_rand')
-
-    seed = system_seed(seed)
+    seed = system.seed(seed)
     if train_percent <= 0 or validation_percent < 0 or train_percent + validation_percent > 100:
         raise DLDatasetError(f"split_dl_dataset: expected 0 < train_percent and train_percent + validation_percent "
                              f"<= 100, got {train_percent} and {validation_percent}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import batch_axis, foreign, freezing, system, tasks
+from . import batch_axis, foreign, freezing, summary, system, tasks
 from . import model_type as types
 from . import graph as g
 from . import params as P
@@ -76,25 +76,9 @@ class DLModel:
         return list(value) if isinstance(value, list) else value
 
     def _summary(self) -> list[str]:
-        """One line per node of the inference graph (what apply_dl_model runs) at the model's image size,
-        then the totals (:func:`onnx_dl.params.layer_summary`)."""
-        p = self._params
-        network, inference = self.network(), self.inference_graph()
-        inits = g.initializers(network)
-        weights = {w: int(np.prod(inits[w].dims)) for w in g.weight_names(network)}
-        frozen = freezing.frozen_weights(network, p, self.kind.head_weights)
-        fixed = batch_axis.fixed_batch(network)  # a network fixed to B0 images runs at B0 only
-        one = g.tensor_shapes(g.with_input_shape(inference, [fixed or 1, *P.image_shape(p)]))
-        try:  # a tensor is batched when its first axis follows the batch: 1 at batch 1, 2 at batch 2
-            two = {} if fixed else g.tensor_shapes(g.with_input_shape(inference, [2, *P.image_shape(p)]))
-        except DLModelFileError:
-            two = {}
-
-        def batched(tensor: str) -> bool:
-            first = (one.get(tensor) or [None])[0]
-            return first == fixed if fixed else first == 1 and (two.get(tensor) or [None])[0] == 2
-
-        return P.layer_summary(inference.graph.node, one, batched, weights, frozen)
+        """HALCON's ``summary`` of the inference graph (:func:`onnx_dl.summary.layer_summary`)."""
+        frozen = freezing.frozen_weights(self.network(), self._params, self.kind.head_weights)
+        return summary.layer_summary(self.network(), self.inference_graph(), P.image_shape(self._params), frozen)
 
     def set_param(self, name: str, value: Any) -> None:
         """Validate and set parameter ``name``; on any error nothing changes."""

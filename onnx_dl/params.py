@@ -117,7 +117,7 @@ SPECS: dict[str, ParamSpec] = {
         ParamSpec("summary", "str_list", None, "one line per ONNX node of the inference network, in graph order: "
                   "'<name> <op> <output shape per image> <#params>' (the elements of the trained weights the "
                   "node reads first; then '(frozen <n>)' when n of them are frozen), then a 'total: ...' line "
-                  "(read-only; see layer_summary)", settable=False),
+                  "(read-only; onnx_dl.summary.layer_summary)", settable=False),
         ParamSpec("freeze_backbone", "bool", False, "keep every weight but the score layer's fixed"),
         ParamSpec("frozen_layers", "str_list", [], "weights kept fixed: initializer names or prefixes ending in '*'"),
     ]
@@ -216,46 +216,6 @@ def defaults(model_type: str) -> dict[str, Any]:
 def image_shape(params: dict[str, Any]) -> tuple[int, int, int]:
     """(channels, height, width) of the network input: one image of the batch the graph takes."""
     return params["image_num_channels"], params["image_height"], params["image_width"]
-
-
-def layer_summary(nodes: Any, shapes: dict[str, list[int | None]], batched: Callable[[str], bool],
-                  weights: dict[str, int], frozen: set[str]) -> list[str]:
-    """HALCON's ``summary``: one line per node of ``nodes`` (the inference graph's ONNX nodes) in graph
-    order, then a total line. Columns (aligned, separated by spaces)::
-
-        <name> <op> <output shape> <#params>[ (frozen <n>)]
-        total: <nodes> nodes, <#params> params (<trainable> trainable, <frozen> frozen)
-
-    - name: the node's name, or its first output's name when it has none;
-    - output shape: ``shapes`` of its outputs (inferred at the model's image size), the first axis
-      left out where ``batched`` says it is the batch (so: per image); dims joined by 'x', '?' for a
-      dimension shape inference cannot tell, 'scalar' for rank 0, several outputs joined by ',';
-    - #params: the elements of the trained weights (``weights``: name -> element count) the node
-      reads, each weight counted at the first node reading it, so the column adds up to the total;
-      ``(frozen <n>)`` says how many of them ``frozen`` keeps fixed.
-    """
-
-    def shape_text(name: str) -> str:
-        if name not in shapes:
-            return "?"
-        dims = shapes[name][1:] if batched(name) else shapes[name]
-        return "x".join("?" if d is None else str(d) for d in dims) if dims else "scalar"
-
-    rows, counted = [], set()
-    for node in nodes:
-        reads = [i for i in node.input if i in weights and i not in counted]
-        counted.update(reads)
-        total = sum(weights[i] for i in reads)
-        fixed = sum(weights[i] for i in reads if i in frozen)
-        rows.append((node.name or node.output[0], node.op_type, ",".join(shape_text(o) for o in node.output if o) or "-",
-                     str(total) + (f" (frozen {fixed})" if fixed else "")))
-    widths = [max([len(row[k]) for row in rows] + [1]) for k in range(3)]
-    lines = [f"{n:<{widths[0]}}  {op:<{widths[1]}}  {s:<{widths[2]}}  {p}" for n, op, s, p in rows]
-    all_params = sum(weights.values())
-    all_frozen = sum(weights[name] for name in weights if name in frozen)
-    lines.append(f"total: {len(rows)} nodes, {all_params} params ({all_params - all_frozen} trainable, "
-                 f"{all_frozen} frozen)")
-    return lines
 
 
 def class_weight_array(params: dict[str, Any]) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import system
 from .boxes import BOX_KEYS, LABEL_KEY, checked_boxes
 from .errors import DLSampleError
 from .samples import check_sample_list
@@ -368,11 +369,12 @@ def _enabled_methods(settings: dict[str, Any]) -> list[str]:
 
 
 def sample_kind(sample: dict[str, Any]) -> str:
-    """What a sample's annotation is for augmentation: 'detection' (boxes), 'segmentation' (a label image)
-    or 'classification' (image_label_id / image_label_ids, or no label)."""
+    """What a sample's (or a dataset entry's) annotation is for augmentation: 'detection' (boxes),
+    'segmentation' (a label image or its file) or 'classification' (image_label_id / image_label_ids, or
+    no label)."""
     if _has_boxes(sample):
         return "detection"
-    if "segmentation_image" in sample:
+    if "segmentation_image" in sample or "segmentation_file_name" in sample:
         return "segmentation"
     return "classification"
 
@@ -438,6 +440,37 @@ def _augment_one(sample: dict[str, Any], method: str, value: Any, rng: np.random
     raise AssertionError(method)
 
 
+def _deprecated_form(gen_param: Any, seed: Any, old: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(settings, seed) of the old keyword form ``augment_dl_samples(samples, seed, mirror_axes=..., ...)``
+    with its old defaults, after a DeprecationWarning naming each old keyword's HALCON key; errors name
+    the keyword the caller used."""
+    if isinstance(gen_param, (int, np.integer, np.random.Generator)):
+        if isinstance(seed, np.random.Generator) or seed not in (None, 0):  # 0: the former default
+            raise DLSampleError(f"augment_dl_samples: the seed came twice: {_got(gen_param)} as second "
+                                f"argument and seed={_got(seed)}")
+        seed = gen_param
+    elif gen_param is not None:
+        raise DLSampleError(f"augment_dl_samples: expected either gen_param (a dict of HALCON keys) or the "
+                            f"deprecated keywords {', '.join(old)}, got both")
+    settings = {key: old.get(name, default) for name, (key, default) in DEPRECATED_AUGMENT_KEYWORDS.items()}
+    if settings["mirror"] == "":
+        settings["mirror"] = "off"
+    replaced = ", ".join(f"{name} -> {key!r}" for name, (key, _) in DEPRECATED_AUGMENT_KEYWORDS.items())
+    warnings.warn("augment_dl_samples(samples, seed, mirror_axes=..., rotate_step=..., ...) is deprecated: pass "
+                  "HALCON's gen_param dict, augment_dl_samples(samples, gen_param, seed), whose methods are "
+                  f"all off unless named. Old keyword -> HALCON key: {replaced} (mirror_axes '' -> 'off'). "
+                  f"HALCON's 'crop_percentage' applies to classification samples only. This call equals "
+                  f"gen_param={settings}", DeprecationWarning, stacklevel=3)
+    try:
+        return check_augment_param(settings), seed
+    except DLSampleError as error:  # name the keyword the caller used
+        message = str(error)
+        for name, (key, _) in DEPRECATED_AUGMENT_KEYWORDS.items():
+            if name != key:
+                message = message.replace(f"key {key!r}", f"{name} (HALCON key {key!r})")
+        raise DLSampleError(message) from None
+
+
 def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, Any] | int | np.random.Generator
                        | None = None, seed: int | np.random.Generator | None = None, *,
                        augmentation_percentage: float | None = None, mirror_axes: str | None = None,
@@ -492,40 +525,13 @@ def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, A
                                            ("crop_percentage", crop_percentage)) if value is not None}
     old_form = bool(old) or isinstance(gen_param, (int, np.integer, np.random.Generator))
     if old_form:
-        if isinstance(gen_param, (int, np.integer, np.random.Generator)):
-            if isinstance(seed, np.random.Generator) or seed not in (None, 0):  # 0: the former default
-                raise DLSampleError(f"augment_dl_samples: the seed came twice: {_got(gen_param)} as second "
-                                    f"argument and seed={_got(seed)}")
-            seed = gen_param  # type: ignore[assignment]
-        elif gen_param is not None:
-            raise DLSampleError(f"augment_dl_samples: expected either gen_param (a dict of HALCON keys) or the "
-                                f"deprecated keywords {', '.join(old)}, got both")
-        settings = {key: old.get(name, default) for name, (key, default) in DEPRECATED_AUGMENT_KEYWORDS.items()}
-        if settings["mirror"] == "":
-            settings["mirror"] = "off"
-        replaced = ", ".join(f"{name} -> {key!r}" for name, (key, _) in DEPRECATED_AUGMENT_KEYWORDS.items())
-        warnings.warn("augment_dl_samples(samples, seed, mirror_axes=..., rotate_step=..., ...) is deprecated: pass "
-                      "HALCON's gen_param dict, augment_dl_samples(samples, gen_param, seed), whose methods are "
-                      f"all off unless named. Old keyword -> HALCON key: {replaced} (mirror_axes '' -> 'off'). "
-                      f"HALCON's 'crop_percentage' applies to classification samples only. This call equals "
-                      f"gen_param={settings}", DeprecationWarning, stacklevel=2)
-        try:
-            settings = check_augment_param(settings)
-        except DLSampleError as error:  # name the keyword the caller used
-            message = str(error)
-            for name, (key, _) in DEPRECATED_AUGMENT_KEYWORDS.items():
-                if name != key:
-                    message = message.replace(f"key {key!r}", f"{name} (HALCON key {key!r})")
-            raise DLSampleError(message) from None
+        settings, seed = _deprecated_form(gen_param, seed, old)
     else:
         settings = check_augment_param(gen_param)  # type: ignore[arg-type]
     samples = check_sample_list(samples, "augment_dl_samples")
     enabled = _enabled_methods(settings)
     _check_samples(samples, settings, enabled, classification_only=not old_form)
-    if seed is None:  # no seed given: set_system('seed_rand')
-        from .system import get_system
-
-        seed = get_system("seed_rand")
+    seed = system.seed(seed)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     result = []
     for sample in samples:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import dataset as ds
+from . import system
 from .errors import DLParamError
 from .evaluation import evaluate_dl_model, main_measure
 from .model import DLModel
@@ -147,17 +148,14 @@ def train_dl_model(model: DLModel, dataset: dict[str, Any], *, epochs: int, eval
     ``get_system('seed_rand')`` (42 unless set; the former default was ``seed=0``: pass it for the
     runs of earlier versions).
     """
-    from .system import seed as system_seed  # None -> set_system('seed_rand')
-
-    seed = system_seed(seed)
+    seed = system.seed(seed)
     if epochs < 1 or evaluate_every < 1:
         raise DLParamError(f"epochs and evaluate_every: expected >= 1, got {epochs} and {evaluate_every}")
     train = ds.split_indices(dataset, "train")
     if not train:
         raise DLParamError("train_dl_model: the dataset has no 'train' samples; call split_dl_dataset first")
     validation = ds.split_indices(dataset, "validation") or train
-    first = ds.gen_dl_samples(dataset, train[:1])[0]
-    augmentation = training_augmentation(augment, sample_kind(first) == "classification")
+    augmentation = training_augmentation(augment, sample_kind(dataset["samples"][train[0]]) == "classification")
     params = model.params
     batch = params["batch_size"] * params["batch_size_multiplier"]
     per_epoch = len(train) // batch
