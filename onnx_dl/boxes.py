@@ -18,6 +18,7 @@ Tie and threshold rules (the ONNX export reproduces them):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,31 +54,39 @@ def _coordinates(entry: dict[str, Any], index: int, key: str, what: str) -> np.n
     return values.reshape(-1)
 
 
+def box_columns(entry: dict[str, Any], index: int, keys: tuple[str, ...], label_key: str = LABEL_KEY,
+                what: str = "sample") -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (G, len(keys)) float64, labels (G,)) of one sample or result: every key of ``keys`` and
+    ``label_key`` present as a 1-D numeric array, all of one length, the box values finite."""
+    columns = {key: _coordinates(entry, index, key, what) for key in (*keys, label_key)}
+    lengths = {key: len(value) for key, value in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise DLSampleError(f"{what} {index}, key {label_key!r}: expected one value per box in each of "
+                            f"{list(lengths)}, got lengths {list(lengths.values())}")
+    for key in keys:
+        bad = np.nonzero(~np.isfinite(columns[key]))[0]
+        if len(bad):
+            raise DLSampleError(f"{what} {index}, key {key!r}: expected finite coordinates, got "
+                                f"{columns[key][bad[0]]} (box {bad[0]})")
+    boxes = np.stack([columns[key].astype(np.float64) for key in keys], axis=1).reshape(-1, len(keys))
+    return boxes, columns[label_key]
+
+
 def checked_boxes(entry: dict[str, Any], index: int, label_key: str = LABEL_KEY, what: str = "sample",
                   positive_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (G, 4) float64, labels (G,)) of one sample (or result: ``label_key`` 'bbox_class_id',
     ``what`` 'result'): the box keys and the label key present as 1-D numeric arrays of equal lengths,
     finite coordinates and, with ``positive_size``, row2 > row1 and col2 > col1. Where the boxes lie is
-    the caller's check (it knows the image). The one validator of boxes: training samples,
-    preprocessing and evaluation read boxes through it."""
-    columns = {key: _coordinates(entry, index, key, what) for key in (*BOX_KEYS, label_key)}
-    lengths = {key: len(value) for key, value in columns.items()}
-    if len(set(lengths.values())) > 1:
-        raise DLSampleError(f"{what} {index}, key {label_key!r}: expected one value per box in each of "
-                            f"{list(lengths)}, got lengths {list(lengths.values())}")
-    for key in BOX_KEYS:
-        bad = np.nonzero(~np.isfinite(columns[key]))[0]
-        if len(bad):
-            raise DLSampleError(f"{what} {index}, key {key!r}: expected finite coordinates, got "
-                                f"{columns[key][bad[0]]} (box {bad[0]})")
-    boxes = np.stack([columns[key].astype(np.float64) for key in BOX_KEYS], axis=1).reshape(-1, 4)
+    the caller's check (it knows the image). The one validator of axis-aligned boxes: training samples,
+    preprocessing and evaluation read boxes through it (:mod:`onnx_dl.rotated_boxes` has the oriented one)."""
+    boxes, labels = box_columns(entry, index, BOX_KEYS, label_key, what)
     for first, second in ((0, 2), (1, 3)) if positive_size else ():
         bad = np.nonzero(boxes[:, second] <= boxes[:, first])[0]
         if len(bad):
             raise DLSampleError(f"{what} {index}, key {BOX_KEYS[second]!r}: expected a value greater than "
                                 f"{BOX_KEYS[first]} (a box of positive size), got {BOX_KEYS[first]} "
                                 f"{boxes[bad[0], first]} and {BOX_KEYS[second]} {boxes[bad[0], second]} (box {bad[0]})")
-    return boxes, columns[label_key]
+    return boxes, labels
 
 
 def as_boxes(boxes: np.ndarray, name: str, layout: tuple[str, ...] = ("row1", "col1", "row2", "col2")) -> np.ndarray:
@@ -185,8 +194,15 @@ def _overlap_with(box: np.ndarray, box_area: float, columns: np.ndarray, areas: 
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
 
 
-def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, max_overlap: float,
-                agnostic_overlap: float = 1.0, limit: int | None = None) -> np.ndarray:
+def overlap_function(boxes: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``overlap(i, others)``: the IoU of box i of ``boxes`` (M, 4) with the boxes ``others`` (indices)."""
+    columns, areas = np.ascontiguousarray(boxes.T), area(boxes)
+    return lambda i, others: _overlap_with(boxes[i], areas[i], columns[:, others], areas[others])
+
+
+def greedy_nms(scores: np.ndarray, groups: np.ndarray, max_overlap: float,
+               overlap: Callable[[int, np.ndarray], np.ndarray], agnostic_overlap: float = 1.0,
+               limit: int | None = None) -> np.ndarray:
     """Greedy NMS within groups, then over all: indices kept, by descending score (ties: lower index first).
 
     Boxes are visited by descending score; the next remaining box is kept by the group NMS, and
@@ -194,23 +210,24 @@ def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, max_o
     ``agnostic_overlap`` < 1 a box kept by the group NMS is returned only if its IoU with every
     box returned before it is <= ``agnostic_overlap``: the same as a second NMS over the group
     NMS's result, in one pass. Stops once ``limit`` boxes are returned (later ones rank lower).
+    ``overlap(i, others)`` gives the IoU of box i with the boxes of the index array ``others``
+    (:func:`overlap_function`; oriented boxes have their own), so one rule serves every box type.
     """
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    columns, areas, groups = np.ascontiguousarray(boxes[order].T), area(boxes[order]), groups[order]
+    groups = np.asarray(groups)[order]
     returned: list[int] = []
     limit = len(order) if limit is None else limit
     while order.size and len(returned) < limit:
-        box, box_area = columns[:, 0], areas[0]
-        if agnostic_overlap >= 1.0 or not returned or (
-                _overlap_with(box, box_area, boxes[returned].T, area(boxes[returned])).max() <= agnostic_overlap):
-            returned.append(int(order[0]))
-        stay = _overlap_with(box, box_area, columns[:, 1:], areas[1:]) <= max_overlap
+        first = int(order[0])
+        if agnostic_overlap >= 1.0 or not returned or overlap(first, np.asarray(returned)).max() <= agnostic_overlap:
+            returned.append(first)
+        stay = overlap(first, order[1:]) <= max_overlap
         stay |= groups[1:] != groups[0]
-        order, columns, areas, groups = order[1:][stay], columns[:, 1:][:, stay], areas[1:][stay], groups[1:][stay]
+        order, groups = order[1:][stay], groups[1:][stay]
     return np.asarray(returned, np.int64)
 
 
-def _check_overlap(value: float, name: str) -> float:
+def check_overlap(value: float, name: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise DLParamError(f"{name}: expected an IoU threshold in [0, 1], got {value!r}")
     return float(value)
@@ -226,7 +243,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, max_overlap: float) -> np.ndarray
     s = np.asarray(scores, np.float64).reshape(-1)
     if len(s) != len(b):
         raise ValueError(f"nms: {len(b)} boxes but {len(s)} scores")
-    return _greedy_nms(b, s, np.zeros(len(b), np.int64), _check_overlap(max_overlap, "max_overlap"))
+    return greedy_nms(s, np.zeros(len(b), np.int64), check_overlap(max_overlap, "max_overlap"), overlap_function(b))
 
 
 def onnx_score_threshold(min_confidence: float) -> np.float32:
@@ -242,7 +259,8 @@ def onnx_score_threshold(min_confidence: float) -> np.float32:
 
 
 def postprocess(boxes: np.ndarray, scores: np.ndarray, min_confidence: float, max_overlap: float,
-                max_overlap_class_agnostic: float, max_num_detections: int
+                max_overlap_class_agnostic: float, max_num_detections: int,
+                overlap_of: Callable[[np.ndarray], Callable[[int, np.ndarray], np.ndarray]] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Final detections of one image from decoded boxes (M, 4) and class scores (M, K).
 
@@ -254,17 +272,21 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, min_confidence: float, ma
 
     Every NMS suppresses at IoU > threshold and takes equal scores in candidate order. Returns
     (boxes (D, 4), class_index (D,) int64, confidence (D,)) by descending confidence, in the
-    dtypes of ``boxes`` and ``scores``.
+    dtypes of ``boxes`` and ``scores``. ``overlap_of(candidate_boxes)`` makes the IoU function of
+    :func:`greedy_nms` (default :func:`overlap_function`; oriented boxes (M, 5) pass
+    :func:`onnx_dl.rotated_boxes.overlap_function`).
     """
     b, s = np.asarray(boxes), np.asarray(scores)
-    if b.ndim != 2 or b.shape[1] != 4 or s.ndim != 2 or s.shape[0] != b.shape[0]:
-        raise ValueError(f"postprocess: expected boxes (M, 4) and scores (M, K), got {b.shape} and {s.shape}")
-    per_class = _check_overlap(max_overlap, "max_overlap")
-    agnostic = _check_overlap(max_overlap_class_agnostic, "max_overlap_class_agnostic")
+    width = 4 if overlap_of is None else b.shape[-1]
+    if b.ndim != 2 or b.shape[1] != width or s.ndim != 2 or s.shape[0] != b.shape[0]:
+        raise ValueError(f"postprocess: expected boxes (M, {width}) and scores (M, K), got {b.shape} and {s.shape}")
+    per_class = check_overlap(max_overlap, "max_overlap")
+    agnostic = check_overlap(max_overlap_class_agnostic, "max_overlap_class_agnostic")
     if max_num_detections < 0:
         raise DLParamError(f"max_num_detections: expected a value >= 0, got {max_num_detections!r}")
     anchor, class_index = np.nonzero(s.astype(np.float64) >= float(min_confidence))  # row-major: m * K + k order
     candidate_boxes = b[anchor].astype(np.float64)
     confidence = s[anchor, class_index]
-    kept = _greedy_nms(candidate_boxes, confidence, class_index, per_class, agnostic, max_num_detections)
+    overlap = (overlap_of or overlap_function)(candidate_boxes)
+    kept = greedy_nms(confidence, class_index, per_class, overlap, agnostic, max_num_detections)
     return b[anchor[kept]], class_index[kept].astype(np.int64), confidence[kept]

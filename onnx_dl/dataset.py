@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import model_type, system
+from . import model_type, rotated_boxes, system
 from .boxes import BOX_KEYS
 from .errors import DLDatasetError
 
@@ -177,6 +177,64 @@ def _coco_dataset(coco: Any, path: Path,
             "image_dir": str(folder.resolve()), "samples": samples}, searched
 
 
+def read_dl_dataset_dota(folder: str | os.PathLike[str], class_names: Sequence[str] | None = None,
+                         include_difficult: bool = True, image_dir: str | os.PathLike[str] | None = None
+                         ) -> dict[str, Any]:
+    """An oriented-box detection dataset in DOTA's layout: ``folder/labelTxt/<stem>.txt`` per image in
+    ``folder/images`` (or ``image_dir``), one object per line ``x1 y1 x2 y2 x3 y3 x4 y4 category
+    difficult`` (the corners in pixel (column, row) coordinates; the header lines ``imagesource:`` and
+    ``gsd:`` are skipped).
+
+    Each polygon becomes its minimum-area rectangle (:func:`onnx_dl.rotated_boxes.from_polygon`: HALCON's
+    ``smallest_rectangle2`` form, length1 >= length2, phi in (-pi/2, pi/2]), moved by -0.5 into the
+    pixel-centred convention as COCO boxes are; the dataset is marked ``instance_type`` 'rectangle2' with
+    ``ignore_direction`` (a polygon's point order carries no direction). Classes: ``class_names`` in that
+    order (ids 0, 1, ...; other categories are an error), else every category found, sorted. Objects
+    marked difficult (1) are left out with ``include_difficult=False``. Images without a label file have
+    no boxes."""
+    root = Path(folder).resolve()
+    labels, images = root / "labelTxt", Path(image_dir).resolve() if image_dir is not None else root / "images"
+    for where in (labels, images):
+        if not where.is_dir():
+            raise DLDatasetError(f"DOTA dataset {str(root)!r}: folder {str(where)!r} does not exist")
+    objects: dict[str, list[tuple[list[float], str]]] = {}
+    for path in _image_files(images):
+        found: list[tuple[list[float], str]] = []
+        label_file = labels / f"{path.stem}.txt"
+        lines = label_file.read_text().splitlines() if label_file.is_file() else []
+        for number, line in enumerate(lines, start=1):
+            parts = line.split()
+            if not parts or parts[0].startswith(("imagesource:", "gsd:")):
+                continue
+            try:
+                corners = [float(v) for v in parts[:8]]
+                category, difficult = parts[8], int(parts[9]) if len(parts) > 9 else 0
+            except (ValueError, IndexError) as exc:
+                raise DLDatasetError(f"{str(label_file)!r}, line {number}: expected 'x1 y1 x2 y2 x3 y3 x4 y4 "
+                                     f"category difficult', got {line!r}") from exc
+            if include_difficult or not difficult:
+                found.append((corners, category))
+        objects[path.name] = found
+    if not objects:
+        raise DLDatasetError(f"no images in {str(images)!r}")
+    names = list(class_names) if class_names is not None else sorted({c for v in objects.values() for _, c in v})
+    position = {name: i for i, name in enumerate(names)}
+    samples = []
+    for file_name, found in objects.items():
+        unknown = sorted({c for _, c in found} - set(position))
+        if unknown:
+            raise DLDatasetError(f"{file_name!r}: categories {unknown} are not in class_names {names}")
+        points = np.asarray([c for c, _ in found], np.float64).reshape(-1, 4, 2)[..., ::-1] - 0.5  # (row, col)
+        boxes = rotated_boxes.from_polygon(points) if len(points) else np.zeros((0, 5))
+        sample: dict[str, Any] = {"image_file_name": file_name, "image_id": len(samples),
+                                  "bbox_label_id": [position[c] for _, c in found]}
+        for column, key in enumerate(rotated_boxes.BOX_KEYS):
+            sample[key] = [float(v) for v in boxes[:, column]]
+        samples.append(sample)
+    return {"type": "detection", "instance_type": "rectangle2", "ignore_direction": True,
+            "class_ids": list(range(len(names))), "class_names": names, "image_dir": str(images), "samples": samples}
+
+
 def read_dl_dataset_segmentation(image_dir: str | os.PathLike[str], segmentation_dir: str | os.PathLike[str],
                                  class_ids: Sequence[int], class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """A segmentation dataset: every image in ``image_dir`` with the PNG label mask of the same
@@ -233,6 +291,44 @@ def read_dl_dataset_multi_label(csv_path: str | os.PathLike[str],
             "image_dir": str(folder.resolve()), "samples": samples}
 
 
+def read_dl_dataset_ocr_recognition(csv_path: str | os.PathLike[str],
+                                    image_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A word-recognition dataset from a CSV file: the header ``file_name,word``, then one row per word image
+    (CSV quoting for a word holding a comma or quote). The alphabet is the sorted set of the words'
+    characters (``class_ids`` 0..len: the CTC blank, then one per character); ``image_dir`` defaults to the
+    CSV file's folder."""
+    import csv
+
+    path = Path(csv_path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if row]
+    except OSError as exc:
+        raise DLDatasetError(f"cannot read {str(path)!r}: {exc}") from exc
+    samples = []
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or not row[0].strip():
+            raise DLDatasetError(f"{str(path)!r}, row {number}: expected 'file_name,word', got {row}")
+        samples.append({"image_file_name": row[0].strip(), "image_id": len(samples), "word": row[1]})
+    if not samples:
+        raise DLDatasetError(f"{str(path)!r}: no images listed")
+    alphabet = sorted({ch for sample in samples for ch in sample["word"]})
+    folder = Path(image_dir) if image_dir is not None else path.parent
+    return {"type": "ocr_recognition", "alphabet": alphabet, "class_ids": list(range(len(alphabet) + 1)),
+            "class_names": ["<blank>", *alphabet], "image_dir": str(folder.resolve()), "samples": samples}
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The first row of a CSV file, stripped (empty when unreadable: the reader reports the error)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [cell.strip() for cell in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
 def dataset_type(dataset: dict[str, Any]) -> str:
     """What the dataset annotates: its ``type``, else read off the keys of its first sample."""
     if dataset.get("type") in model_type.names():
@@ -244,7 +340,9 @@ def dataset_type(dataset: dict[str, Any]) -> str:
 
 def read_dl_dataset(source: str | os.PathLike[str], type: str | None = None,
                     image_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """A dataset from ``source``: a class-folder tree, COCO JSON, a multi-label CSV or DLDataset JSON (detected).
+    """A dataset from ``source``: a class-folder tree, a DOTA folder (``labelTxt/`` and ``images/``:
+    oriented boxes, :func:`read_dl_dataset_dota`), COCO JSON, a multi-label CSV, a word-recognition CSV
+    (header ``file_name,word``; or the folder holding it as ``labels.csv``) or DLDataset JSON (detected).
 
     ``image_dir`` is the folder the image file names are relative to (COCO JSON, the CSV file, a
     DLDataset's own ``image_dir`` replaced); a class-folder tree refuses it. Without it, COCO images
@@ -253,13 +351,19 @@ def read_dl_dataset(source: str | os.PathLike[str], type: str | None = None,
     """
     path = Path(source)
     searched: list[Path] = []
-    if path.is_dir():
+    if path.is_dir() and _csv_header(path / "labels.csv") == ["file_name", "word"]:
+        path = path / "labels.csv"  # a folder of word images with its word list
+    if path.is_dir() and (path / "labelTxt").is_dir():
+        dataset = read_dl_dataset_dota(path, image_dir=image_dir)
+    elif path.is_dir():
         if image_dir is not None:
             raise DLDatasetError(f"dataset {str(source)!r} is a class-folder tree: its images are in its class "
                                  f"sub-folders, an image folder (image_dir {str(image_dir)!r}) does not apply")
         dataset = read_dl_dataset_classification(path)
     elif not path.is_file():
         raise DLDatasetError(f"dataset {str(source)!r} does not exist")
+    elif path.suffix.lower() == ".csv" and _csv_header(path) == ["file_name", "word"]:
+        dataset = read_dl_dataset_ocr_recognition(path, image_dir)
     elif path.suffix.lower() == ".csv":
         dataset = read_dl_dataset_multi_label(path, image_dir)
     else:
@@ -427,7 +531,13 @@ def gen_dl_samples(dataset: dict[str, Any], indices: Sequence[int]) -> list[dict
             sample["image_label_id"] = entry["image_label_id"]
         if "image_label_ids" in entry:
             sample["image_label_ids"] = list(entry["image_label_ids"])
-        if "bbox_label_id" in entry:
+        if "word" in entry:
+            sample["word"] = str(entry["word"])
+        if "bbox_label_id" in entry and any(key in entry for key in rotated_boxes.BOX_KEYS):
+            for key in rotated_boxes.BOX_KEYS:
+                sample[key] = np.asarray(entry[key], np.float64)
+            sample["bbox_label_id"] = np.asarray(entry["bbox_label_id"], np.int64)
+        elif "bbox_label_id" in entry:
             for key in BOX_KEYS:
                 sample[key] = np.asarray(entry[key], np.float32)
             sample["bbox_label_id"] = np.asarray(entry["bbox_label_id"], np.int64)
@@ -449,7 +559,8 @@ def write_synthetic_dataset(type: str, folder: str | os.PathLike[str], count: in
     """Write ``count`` generated shapes (``onnx_dl.synthetic``) of ``type`` to ``folder`` in that
     type's file format and return what :func:`read_dl_dataset` takes: the class-folder tree
     (classification), ``annotations.json`` (COCO, detection), ``dataset.json`` (DLDataset with
-    ``images/`` and ``labels/``, segmentation) or ``labels.csv`` (multi-label classification)."""
+    ``images/`` and ``labels/``, segmentation) or ``labels.csv`` (multi-label classification; word
+    recognition: ``file_name,word``, images ``size`` x ``size // 4``)."""
     from . import synthetic
 
     root = Path(folder)
@@ -495,5 +606,18 @@ def write_synthetic_dataset(type: str, folder: str | os.PathLike[str], count: in
             rows.append(f"images/{index:05d}.png," + ";".join(synthetic.SHAPES[i] for i in sample["image_label_ids"]))
         (root / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         return root / "labels.csv"
+    if type == "ocr_recognition":  # size: the width; word images are a quarter as high
+        import csv
+        import io
+
+        (root / "images").mkdir(exist_ok=True)
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["file_name", "word"])
+        for index, sample in enumerate(model_type.get(type).synthetic_samples(count, size, seed)):
+            _write_png(root / "images" / f"{index:05d}.png", sample["image"][:, :, 0] + 127.0)
+            writer.writerow([f"images/{index:05d}.png", sample["word"]])
+        (root / "labels.csv").write_text(table.getvalue(), encoding="utf-8")
+        return root / "labels.csv"
     raise DLDatasetError(f"write_synthetic_dataset: no file format for type {type!r}; formats: classification, "
-                         f"detection, segmentation, multi_label_classification")
+                         f"detection, segmentation, multi_label_classification, ocr_recognition")

@@ -16,6 +16,14 @@ r = height / width):
 
 Coverage is what training will see: the share of boxes whose best anchor of the grid has IoU >= 0.5
 (:data:`onnx_dl.anchors.POSITIVE_IOU`), i.e. that get a positive anchor by the threshold alone.
+
+Oriented boxes (a dataset with ``bbox_phi``: instance_type 'rectangle2'): the ratios cluster
+length1 / length2, a box's size is sqrt(4 length1 length2), and ``anchor_angles`` are T angles evenly
+spaced from 0 over the period of phi (pi with ``ignore_direction``, else 2 pi): of the (T, S) pairs with
+T in 1, 2, 3, 4, 6, 8, 12 and S in 1..``max_num_subscales`` the one with the fewest anchors per cell
+(T * S, then the fewer angles) that reaches the goal, else the best coverage; IoU is the exact IoU of
+rotated rectangles, and without ``ignore_direction`` an anchor counts only within 90 degrees of the box's
+angle.
 """
 
 from __future__ import annotations
@@ -26,12 +34,16 @@ from typing import Any
 import numpy as np
 
 from . import anchors as anchor_grid
+from . import rotated_boxes
 from .boxes import BOX_KEYS, iou_rows
 from .dataset import split_indices
 from .errors import DLDatasetError, DLParamError
-from .preprocess import scale_boxes
+from .preprocess import resize_map, scale_boxes
 
-DEFAULTS = {"num_aspect_ratios": 3, "max_num_subscales": 5, "coverage": 0.98, "max_num_images": 500}
+DEFAULTS = {"num_aspect_ratios": 3, "max_num_subscales": 5, "coverage": 0.98, "max_num_images": 500,
+            "ignore_direction": None}
+ANGLE_COUNTS = (1, 2, 3, 4, 6, 8, 12)
+"""The numbers of evenly spaced anchor angles tried for oriented boxes."""
 """gen_param keys of :func:`determine_dl_model_detection_param` and their defaults."""
 
 
@@ -53,13 +65,39 @@ def aspect_ratio_clusters(ratios: np.ndarray, count: int, iterations: int = 50) 
 
 
 def anchor_coverage(boxes_per_image: list[np.ndarray], image_width: int, image_height: int, min_level: int,
-                    max_level: int, num_subscales: int, aspect_ratios: list[float]) -> tuple[float, float]:
-    """(share of boxes whose best anchor has IoU >= 0.5, mean best IoU) over the boxes (G, 4) per image."""
-    grid = np.concatenate([anchor_grid.level_anchors(image_height, image_width, level, num_subscales,
-                                                     aspect_ratios).reshape(-1, 4)
-                           for level in range(min_level, max_level + 1)])
-    best = np.concatenate([iou_rows(boxes, grid).max(axis=1) for boxes in boxes_per_image if len(boxes)])
+                    max_level: int, num_subscales: int, aspect_ratios: list[float],
+                    angles: list[float] | None = None, ignore_direction: bool = True) -> tuple[float, float]:
+    """(share of boxes whose best anchor has IoU >= 0.5, mean best IoU) over the boxes (G, 4) per image, or
+    over oriented boxes (G, 5) against the oriented anchors of ``angles``; without ``ignore_direction`` an
+    anchor counts for a box only if their angles differ by less than pi/2 (the same rectangle pointing the
+    other way would leave the head an angle of about pi to regress)."""
+    if angles is None:
+        grid = np.concatenate([anchor_grid.level_anchors(image_height, image_width, level, num_subscales,
+                                                         aspect_ratios).reshape(-1, 4)
+                               for level in range(min_level, max_level + 1)])
+        best = np.concatenate([iou_rows(boxes, grid).max(axis=1) for boxes in boxes_per_image if len(boxes)])
+    else:
+        grid = np.concatenate([anchor_grid.oriented_level_anchors(image_height, image_width, level, num_subscales,
+                                                                  aspect_ratios, angles).reshape(-1, 5)
+                               for level in range(min_level, max_level + 1)])
+        best = np.concatenate([_oriented_overlaps(boxes, grid, ignore_direction).max(axis=1)
+                               for boxes in boxes_per_image if len(boxes)])
     return float(np.mean(best >= anchor_grid.POSITIVE_IOU)), float(best.mean())
+
+
+def _oriented_overlaps(boxes: np.ndarray, grid: np.ndarray, ignore_direction: bool) -> np.ndarray:
+    iou = rotated_boxes.iou_matrix(boxes, grid)
+    if not ignore_direction:
+        turn = np.abs(rotated_boxes.normalize_angle(boxes[:, None, 4] - grid[None, :, 4], False))
+        iou = np.where(turn < 0.5 * np.pi, iou, 0.0)
+    return iou
+
+
+def even_angles(count: int, ignore_direction: bool) -> list[float]:
+    """``count`` angles evenly spaced from 0 over the period of phi, normalised (rounded to 6 decimals)."""
+    period = np.pi if ignore_direction else 2 * np.pi
+    angles = rotated_boxes.normalize_angle(np.arange(count) * period / count, ignore_direction)
+    return [round(float(a), 6) for a in angles]
 
 
 def propose(boxes_per_image: list[np.ndarray], image_width: int, image_height: int,
@@ -67,8 +105,12 @@ def propose(boxes_per_image: list[np.ndarray], image_width: int, image_height: i
     """Anchor parameters for boxes (G, 4) per image at the model's size (see the module docstring): the
     four model parameters, and ``anchor_coverage`` / ``mean_best_iou`` of the proposal."""
     settings = _settings(gen_param)
-    boxes = np.concatenate([np.asarray(b, np.float64).reshape(-1, 4) for b in boxes_per_image])
-    heights, widths = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    width_of_box = 5 if any(np.shape(b)[-1:] == (5,) for b in boxes_per_image) else 4
+    boxes = np.concatenate([np.asarray(b, np.float64).reshape(-1, width_of_box) for b in boxes_per_image])
+    if width_of_box == 5:  # oriented: the ratio is length1 / length2
+        heights, widths = 2 * boxes[:, 2], 2 * boxes[:, 3]
+    else:
+        heights, widths = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     if not len(boxes) or (heights <= 0).any() or (widths <= 0).any():
         raise DLDatasetError("determine_dl_model_detection_param: expected boxes of positive size, got "
                              f"{'none' if not len(boxes) else 'boxes of zero or negative extent'}")
@@ -80,6 +122,8 @@ def propose(boxes_per_image: list[np.ndarray], image_width: int, image_height: i
     if image_width % 2**high or image_height % 2**high:
         raise DLParamError(f"determine_dl_model_detection_param: the image sides {image_width} x {image_height} "
                            f"are not divisible by 2**{high}, the stride of the coarsest level the boxes need")
+    if width_of_box == 5:
+        return _propose_oriented(boxes_per_image, image_width, image_height, low, high, ratios, settings)
     found = []
     for subscales in range(1, settings["max_num_subscales"] + 1):
         coverage, mean_iou = anchor_coverage(boxes_per_image, image_width, image_height, low, high, subscales, ratios)
@@ -92,19 +136,43 @@ def propose(boxes_per_image: list[np.ndarray], image_width: int, image_height: i
             "anchor_coverage": coverage, "mean_best_iou": mean_iou}
 
 
+def _propose_oriented(boxes_per_image: list[np.ndarray], image_width: int, image_height: int, low: int, high: int,
+                      ratios: list[float], settings: dict[str, Any]) -> dict[str, Any]:
+    """Subscales and angles for oriented boxes (module docstring), tried by ascending anchors per cell."""
+    ignore = bool(settings["ignore_direction"])
+    pairs = sorted(((t, s) for t in ANGLE_COUNTS for s in range(1, settings["max_num_subscales"] + 1)),
+                   key=lambda pair: (pair[0] * pair[1], pair[0]))
+    found = []
+    for count, subscales in pairs:
+        angles = even_angles(count, ignore)
+        coverage, mean_iou = anchor_coverage(boxes_per_image, image_width, image_height, low, high, subscales, ratios,
+                                             angles, ignore)
+        found.append((coverage, -count * subscales, subscales, angles, mean_iou))
+        if coverage >= settings["coverage"]:
+            break
+    coverage, _, subscales, angles, mean_iou = found[-1] if found[-1][0] >= settings["coverage"] else max(
+        found, key=lambda f: (f[0], f[1]))
+    return {"min_level": low, "max_level": high, "anchor_num_subscales": subscales, "anchor_aspect_ratios": ratios,
+            "anchor_angles": angles, "ignore_direction": ignore, "anchor_coverage": coverage,
+            "mean_best_iou": mean_iou}
+
+
 def determine_dl_model_detection_param(dataset: dict[str, Any], image_width: int, image_height: int,
                                        gen_param: dict[str, Any] | None = None,
                                        split: str | None = "train") -> dict[str, Any]:
     """HALCON's procedure: ``min_level``, ``max_level``, ``anchor_num_subscales`` and
     ``anchor_aspect_ratios`` for a detector of ``image_width`` x ``image_height`` on ``dataset``'s boxes
     (its ``split``, all samples if None or if the split is empty), with ``anchor_coverage`` and
-    ``mean_best_iou`` of the proposal (see the module docstring). ``gen_param``: ``num_aspect_ratios``
-    (3), ``max_num_subscales`` (5), ``coverage`` (0.98), ``max_num_images`` (500: evenly spaced images
-    when there are more). Pass the result's model parameters to ``create_dl_model_detection``."""
+    ``mean_best_iou`` of the proposal (see the module docstring); for oriented boxes also
+    ``anchor_angles`` and ``ignore_direction``. ``gen_param``: ``num_aspect_ratios`` (3),
+    ``max_num_subscales`` (5), ``coverage`` (0.98), ``max_num_images`` (500: evenly spaced images when there
+    are more), ``ignore_direction`` (oriented boxes; default: the dataset's, else False). Pass the result's model parameters to ``create_dl_model_detection``."""
     settings = _settings(gen_param)
     indices = (split_indices(dataset, split) if split else []) or list(range(len(dataset["samples"])))
     if len(indices) > settings["max_num_images"]:
         indices = [indices[int(i)] for i in np.linspace(0, len(indices) - 1, settings["max_num_images"])]
+    if settings["ignore_direction"] is None:
+        settings["ignore_direction"] = bool(dataset.get("ignore_direction", False))
     boxes = [_model_boxes(dataset, dataset["samples"][i], (image_height, image_width)) for i in indices]
     return propose(boxes, image_width, image_height, settings)
 
@@ -117,6 +185,9 @@ def _model_boxes(dataset: dict[str, Any], entry: dict[str, Any], size: tuple[int
         raise DLDatasetError("determine_dl_model_detection_param: expected a detection dataset (bbox_* keys)")
     with Image.open(Path(dataset["image_dir"]) / entry["image_file_name"]) as image:
         width, height = image.size
+    if "bbox_phi" in entry:  # oriented: corners scaled, the rectangle refit (as preprocessing does)
+        boxes = np.stack([np.asarray(entry[k], np.float64).reshape(-1) for k in rotated_boxes.BOX_KEYS], axis=1)
+        return rotated_boxes.transform(boxes, *resize_map((height, width), size), bool(dataset.get("ignore_direction")))
     boxes = np.stack([np.asarray(entry[k], np.float64).reshape(-1) for k in BOX_KEYS], axis=1)
     return scale_boxes(boxes, (height, width), size)
 

@@ -36,6 +36,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
+from . import rotated_boxes
 from .boxes import BOX_KEYS, LABEL_KEY
 from .errors import DLParamError
 
@@ -62,9 +63,9 @@ TEXT_COLOUR = (255, 255, 255)
 
 RESULT_MARKERS = {"classification_all_confidences": "multi_label_classification",
                   "classification_class_ids": "classification", "bbox_class_id": "detection",
-                  "segmentation_confidence": "segmentation"}
+                  "segmentation_confidence": "segmentation", "word_confidence": "ocr_recognition"}
 TRUTH_MARKERS = {LABEL_KEY: "detection", "image_label_ids": "multi_label_classification",
-                 "image_label_id": "classification", "segmentation_image": "segmentation"}
+                 "image_label_id": "classification", "segmentation_image": "segmentation", "word": "ocr_recognition"}
 
 
 def annotation_kind(annotation: dict[str, Any], params: dict[str, Any] | None = None) -> tuple[str, bool]:
@@ -305,7 +306,8 @@ def _segmentation(canvas: _Canvas, annotation: dict[str, Any], params: dict[str,
 
 def _detection(canvas: _Canvas, annotation: dict[str, Any], params: dict[str, Any], result: bool,
                frame: tuple[int, int]) -> None:
-    boxes = np.stack([np.asarray(annotation.get(k, []), np.float64).reshape(-1) for k in BOX_KEYS], axis=-1)
+    keys = rotated_boxes.BOX_KEYS if any(k in annotation for k in rotated_boxes.BOX_KEYS) else BOX_KEYS
+    boxes = np.stack([np.asarray(annotation.get(k, []), np.float64).reshape(-1) for k in keys], axis=-1)
     ids = np.asarray(annotation["bbox_class_id" if result else LABEL_KEY]).reshape(-1)
     confidences = np.asarray(annotation["bbox_confidence"], np.float64).reshape(-1) if result else None
     if len(ids) != len(boxes) or (confidences is not None and len(confidences) != len(boxes)):
@@ -313,11 +315,18 @@ def _detection(canvas: _Canvas, annotation: dict[str, Any], params: dict[str, An
     row_scale, col_scale = canvas.height / frame[0], canvas.width / frame[1]
     order = np.argsort(-confidences, kind="stable")[::-1] if confidences is not None else range(len(ids))
     for k in order:  # the best box last, on top
-        r1, c1, r2, c2 = boxes[k]
         colour = class_colour(int(ids[k]), params)
-        top, left = round((r1 + 0.5) * row_scale), round((c1 + 0.5) * col_scale)
-        bottom, right = round((r2 + 0.5) * row_scale) - 1, round((c2 + 0.5) * col_scale) - 1
-        canvas.draw.rectangle([left, top, max(left, right), max(top, bottom)], outline=colour, width=canvas.line)
+        if boxes.shape[1] == 5:  # an oriented box: its outline, labelled at its top corner
+            corners = (rotated_boxes.corners(boxes[k]) + 0.5) * np.array([row_scale, col_scale])
+            outline = [(float(c), float(r)) for r, c in corners]
+            canvas.draw.line([*outline, outline[0]], fill=colour, width=canvas.line)
+            top, left = float(corners[:, 0].min()), float(corners[np.argmin(corners[:, 0]), 1])
+        else:
+            r1, c1, r2, c2 = boxes[k]
+            top, left = round((r1 + 0.5) * row_scale), round((c1 + 0.5) * col_scale)
+            bottom, right = round((r2 + 0.5) * row_scale) - 1, round((c2 + 0.5) * col_scale) - 1
+            canvas.draw.rectangle([left, top, max(left, right), max(top, bottom)], outline=colour,
+                                  width=canvas.line)
         text = class_name(int(ids[k]), params) + ("" if confidences is None else f" {confidences[k]:.2f}")
         canvas.chip(left, top, text, colour, above=True)
     class_ids = [int(i) for i in params.get("class_ids") or []]
@@ -364,6 +373,9 @@ def draw(image: np.ndarray, annotation: dict[str, Any], params: dict[str, Any], 
         _multi_label(canvas, annotation, params, result)
     elif kind == "segmentation":
         _segmentation(canvas, annotation, params)
+    elif kind == "ocr_recognition":  # the word (and a result's confidence) in the legend
+        confidence = f" {float(annotation['word_confidence']):.2f}" if result else ""
+        canvas.legend.append((None, repr(str(annotation["word"])) + confidence))
     else:
         if result and params.get("image_height") and params.get("image_width"):
             frame = (int(params["image_height"]), int(params["image_width"]))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import system
+from . import rotated_boxes, system
 from .boxes import BOX_KEYS, LABEL_KEY, checked_boxes
 from .errors import DLSampleError
 from .samples import check_sample_list
@@ -92,7 +92,39 @@ def _set_boxes(sample: dict[str, Any], boxes: np.ndarray, keep: np.ndarray | Non
 
 
 def _has_boxes(sample: dict[str, Any]) -> bool:
-    return LABEL_KEY in sample or any(k in sample for k in BOX_KEYS)
+    return LABEL_KEY in sample or any(k in sample for k in BOX_KEYS) or _has_oriented_boxes(sample)
+
+
+def _has_oriented_boxes(sample: dict[str, Any]) -> bool:
+    return any(k in sample for k in rotated_boxes.BOX_KEYS)
+
+
+def _move_oriented_boxes(sample: dict[str, Any], done: dict[str, Any], index: int, matrix: np.ndarray,
+                         offset: np.ndarray, ignore_direction: bool, no_orientation: Sequence[int] = (),
+                         inside: tuple[int, int] | None = None) -> None:
+    """``done``'s oriented boxes: ``sample``'s moved by the affine map p -> matrix @ p + offset of (row,
+    col) points (:func:`onnx_dl.rotated_boxes.transform`: corners mapped, rectangle refit, direction
+    kept); boxes of the classes ``no_orientation`` replaced by their axis-parallel enclosing box; with
+    ``inside`` (H, W) boxes whose centre leaves the image dropped (HALCON's rule)."""
+    boxes, labels = rotated_boxes.checked_boxes(sample, index)
+    moved = rotated_boxes.transform(boxes, matrix, offset, ignore_direction)
+    if len(no_orientation):
+        flat = np.isin(np.asarray(labels).reshape(-1), list(no_orientation))
+        moved = np.where(flat[:, None], rotated_boxes.enclosing_axis_parallel(moved), moved)
+    keep = np.ones(len(moved), bool)
+    if inside is not None:
+        keep = (moved[:, 0] >= -0.5) & (moved[:, 0] <= inside[0] - 0.5) & (moved[:, 1] >= -0.5) & \
+            (moved[:, 1] <= inside[1] - 0.5)
+    for column, key in enumerate(rotated_boxes.BOX_KEYS):
+        done[key] = moved[keep, column]
+    done[LABEL_KEY] = np.asarray(labels).reshape(-1)[keep]
+
+
+def resize_map(old: tuple[int, int], new: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map (matrix, offset) of (row, col) points under a resize from ``old`` (H, W) to
+    ``new``: x' = (x + 0.5) * new / old - 0.5 per axis (:func:`scale_boxes`)."""
+    factors = np.array([new[0] / old[0], new[1] / old[1]])
+    return np.diag(factors), 0.5 * factors - 0.5
 
 
 def _image(sample: dict[str, Any], index: int, channels: int) -> np.ndarray:
@@ -156,7 +188,13 @@ def preprocess_dl_samples(samples: Sequence[dict[str, Any]], params: dict[str, A
     Boxes follow the resize (x' = (x + 0.5) * new / old - 0.5; boxes left without area are
     dropped); ``segmentation_image`` and ``weight_image`` are resized by nearest neighbour and must
     have the raw image's size. Raw boxes are checked by :func:`onnx_dl.boxes.checked_boxes`.
+    Oriented boxes (``bbox_row``, ..., ``bbox_phi``) are refit after the resize (their corners scaled,
+    :func:`onnx_dl.rotated_boxes.transform`, phi normalised by the model's ``ignore_direction``), boxes of
+    ``class_ids_no_orientation`` become axis-parallel, boxes whose centre lies outside are dropped.
     """
+    if "domain_handling" in params:  # its normalization_type and domain would go unread here
+        raise DLSampleError("preprocess_dl_samples: got a DLPreprocessParam (create_dl_preprocess_param): pass it to "
+                            "onnx_dl.preprocess_dl_samples (onnx_dl.halcon_preprocess); this one takes model parameters")
     samples = check_sample_list(samples, "preprocess_dl_samples")
     height, width = int(params["image_height"]), int(params["image_width"])
     low, high = float(params["image_range_min"]), float(params["image_range_max"])
@@ -177,7 +215,11 @@ def preprocess_dl_samples(samples: Sequence[dict[str, Any]], params: dict[str, A
                 raise DLSampleError(f"sample {index} (image_id {sample.get('image_id')}), key {key!r}: expected "
                                     f"the raw image's size {size}, got shape {plane.shape}")
             done[key] = resize_nearest(plane, height, width)
-        if _has_boxes(sample):
+        if _has_oriented_boxes(sample):
+            _move_oriented_boxes(sample, done, index, *resize_map(size, (height, width)),
+                                 bool(params.get("ignore_direction", False)),
+                                 params.get("class_ids_no_orientation") or (), inside=(height, width))
+        elif _has_boxes(sample):
             boxes = scale_boxes(checked_boxes(sample, index)[0], size, (height, width))
             _set_boxes(done, boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         result.append(done)
@@ -186,14 +228,22 @@ def preprocess_dl_samples(samples: Sequence[dict[str, Any]], params: dict[str, A
 
 # --- augmentation -------------------------------------------------------------------------------
 
-def mirror(sample: dict[str, Any], rows: bool, cols: bool) -> dict[str, Any]:
+def mirror(sample: dict[str, Any], rows: bool, cols: bool, ignore_direction: bool = False,
+           class_ids_no_orientation: Sequence[int] = ()) -> dict[str, Any]:
     """The sample mirrored along rows (upside down) and/or columns (left-right).
 
     A column mirror maps col to W - 1 - col, so col1' = W - 1 - col2 and col2' = W - 1 - col1.
+    Oriented boxes are mirrored exactly (a column mirror turns phi into pi - phi, a row mirror into
+    -phi), phi normalised by ``ignore_direction``.
     """
     axes = tuple(axis for axis, chosen in ((0, rows), (1, cols)) if chosen)
     done = _map_planes(sample, lambda a: np.flip(a, axes).copy())
-    if _has_boxes(sample):
+    if _has_oriented_boxes(sample):
+        height, width = np.asarray(sample["image"]).shape[:2]
+        matrix = np.diag([-1.0 if rows else 1.0, -1.0 if cols else 1.0])
+        offset = np.array([height - 1.0 if rows else 0.0, width - 1.0 if cols else 0.0])
+        _move_oriented_boxes(sample, done, 0, matrix, offset, ignore_direction, class_ids_no_orientation)
+    elif _has_boxes(sample):
         height, width = np.asarray(sample["image"]).shape[:2]
         b = _boxes(sample)
         if rows:
@@ -204,14 +254,24 @@ def mirror(sample: dict[str, Any], rows: bool, cols: bool) -> dict[str, Any]:
     return done
 
 
-def rotate(sample: dict[str, Any], quarter_turns: int) -> dict[str, Any]:
+def rotate(sample: dict[str, Any], quarter_turns: int, ignore_direction: bool = False,
+           class_ids_no_orientation: Sequence[int] = ()) -> dict[str, Any]:
     """The sample turned counter-clockwise by ``quarter_turns`` * 90 degrees (as ``np.rot90``).
 
-    One quarter turn of an image of width W maps (r, c) to (W - 1 - c, r).
+    One quarter turn of an image of width W maps (r, c) to (W - 1 - c, r); an oriented box's phi
+    grows by pi/2 per turn (normalised by ``ignore_direction``).
     """
     turns = quarter_turns % 4
     done = _map_planes(sample, lambda a: np.rot90(a, turns, axes=(0, 1)).copy())
-    if _has_boxes(sample):
+    if _has_oriented_boxes(sample):
+        height, width = np.asarray(sample["image"]).shape[:2]
+        matrix, offset = np.eye(2), np.zeros(2)
+        for _ in range(turns):  # compose (r, c) -> (W - 1 - c, r)
+            turn = np.array([[0.0, -1.0], [1.0, 0.0]])
+            matrix, offset = turn @ matrix, turn @ offset + np.array([width - 1.0, 0.0])
+            height, width = width, height
+        _move_oriented_boxes(sample, done, 0, matrix, offset, ignore_direction, class_ids_no_orientation)
+    elif _has_boxes(sample):
         b = _boxes(sample)
         height, width = np.asarray(sample["image"]).shape[:2]
         for _ in range(turns):
@@ -236,7 +296,11 @@ def crop(sample: dict[str, Any], top: int, left: int, height: int, width: int) -
         if sample.get(key) is not None:
             plane = np.asarray(sample[key])
             done[key] = resize_nearest(plane[top:top + height, left:left + width], *full)
-    if _has_boxes(sample):
+    if _has_oriented_boxes(sample):  # the centre rule; corners may reach beyond the region
+        matrix, offset = resize_map((height, width), full)
+        _move_oriented_boxes(sample, done, 0, matrix, offset - matrix @ np.array([top, left], np.float64), False,
+                             inside=full)
+    elif _has_boxes(sample):
         b = _boxes(sample)
         low = np.array([top, left] * 2) - 0.5
         high = np.array([top + height, left + width] * 2) - 0.5
@@ -268,6 +332,8 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "crop_percentage": 100,          # 1..100, classification only
     "crop_pixel": 0,                 # pixels >= 0, classification only
     "rotate_range": 0,               # 0..180 degrees, classification only
+    "ignore_direction": False,       # oriented boxes: phi and phi + pi the same (angles in (-pi/2, pi/2])
+    "class_ids_no_orientation": [],  # oriented boxes of these classes stay axis-parallel
 }
 AUGMENT_CLASSIFICATION_ONLY = ("crop_percentage", "crop_pixel", "rotate_range")
 MIRROR_VALUES = ("off", "r", "c", "rc", "cr")
@@ -350,6 +416,11 @@ def check_augment_param(gen_param: dict[str, Any] | None) -> dict[str, Any]:
     number("crop_percentage", 1, 100)
     number("crop_pixel", 0, np.inf, integer=True, allowed="an integer >= 0 (0: off)")
     number("rotate_range", 0, 180, integer=True)
+    if not isinstance(settings["ignore_direction"], (bool, np.bool_)):
+        problems.append(f"key 'ignore_direction': expected True or False, got {_got(settings['ignore_direction'])}")
+    ids = settings["class_ids_no_orientation"]
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, (int, np.integer)) and i >= 0 for i in ids):
+        problems.append(f"key 'class_ids_no_orientation': expected a list of class ids >= 0, got {_got(ids)}")
     if problems:
         raise DLSampleError("augment_dl_samples, gen_param: " + "; ".join(problems))
     return settings
@@ -370,13 +441,18 @@ def _enabled_methods(settings: dict[str, Any]) -> list[str]:
 
 def sample_kind(sample: dict[str, Any]) -> str:
     """What a sample's (or a dataset entry's) annotation is for augmentation: 'detection' (boxes),
-    'segmentation' (a label image or its file) or 'classification' (image_label_id / image_label_ids, or
-    no label)."""
+    'segmentation' (a label image or its file), 'ocr_recognition' (a word) or 'classification'
+    (image_label_id / image_label_ids, or no label)."""
     if _has_boxes(sample):
         return "detection"
+    if "word" in sample:
+        return "ocr_recognition"
     if "segmentation_image" in sample or "segmentation_file_name" in sample:
         return "segmentation"
     return "classification"
+
+
+_ANNOTATION_OF = {"detection": "bbox_* keys", "segmentation": "a segmentation_image", "ocr_recognition": "a word"}
 
 
 def _check_samples(samples: list[dict[str, Any]], settings: dict[str, Any], enabled: list[str],
@@ -390,7 +466,10 @@ def _check_samples(samples: list[dict[str, Any]], settings: dict[str, Any], enab
                 raise DLSampleError(
                     f"augment_dl_samples, gen_param key {key!r}: applies to classification samples only "
                     f"(image_label_id / image_label_ids), as in HALCON; sample {index} is a {kind} sample "
-                    f"(it has {'bbox_* keys' if kind == 'detection' else 'a segmentation_image'})")
+                    f"(it has {_ANNOTATION_OF[kind]})")
+        if kind == "ocr_recognition" and {"mirror", "rotate"} & set(enabled):
+            raise DLSampleError(f"augment_dl_samples, gen_param keys 'mirror' / 'rotate': sample {index} is a word "
+                                f"(key 'word'); mirrored or turned it would no longer read as its label")
         if "crop_pixel" in enabled:
             height, width = np.asarray(sample["image"]).shape[:2]
             if settings["crop_pixel"] >= min(height, width):
@@ -399,16 +478,19 @@ def _check_samples(samples: list[dict[str, Any]], settings: dict[str, Any], enab
                                     f"of size {height} x {width}")
 
 
-def _augment_one(sample: dict[str, Any], method: str, value: Any, rng: np.random.Generator) -> dict[str, Any]:
-    """``sample`` changed by one augmentation ``method`` (a HALCON key) with setting ``value``."""
+def _augment_one(sample: dict[str, Any], method: str, settings: dict[str, Any],
+                 rng: np.random.Generator) -> dict[str, Any]:
+    """``sample`` changed by one augmentation ``method`` (a HALCON key) with the checked ``settings``."""
     height, width = np.asarray(sample["image"]).shape[:2]
+    value = settings[method]
+    oriented = (bool(settings["ignore_direction"]), settings["class_ids_no_orientation"])
     if method == "mirror":
         chosen = ""
         while not chosen:
             chosen = "".join(axis for axis in value if rng.uniform() < 1 / len(value))
-        return mirror(sample, "r" in chosen, "c" in chosen)
+        return mirror(sample, "r" in chosen, "c" in chosen, *oriented)
     if method == "rotate":  # quarter turns: 1..3 (90, square images) or 2 (180, or not square)
-        return rotate(sample, int(rng.integers(1, 4)) if value == 90 and height == width else 2)
+        return rotate(sample, int(rng.integers(1, 4)) if value == 90 and height == width else 2, *oriented)
     image = np.asarray(sample["image"], np.float32)
     if method == "brightness_variation":
         return {**sample, "image": image + np.float32(rng.uniform(-value, value))}
@@ -505,7 +587,10 @@ def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, A
       back; ``'rotate_range'`` (0 = off, 0..180): turn by a random integer number of degrees in
       [-r, r] about the image centre (bilinear, border replicated, see :func:`rotate_by_angle`).
 
-    Boxes, label images and weight images follow every geometric method. Unknown keys and bad
+    Boxes, label images and weight images follow every geometric method; oriented boxes (``bbox_row``,
+    ..., ``bbox_phi``) exactly, with HALCON's rectangle2 keys ``'ignore_direction'`` (False: phi in
+    (-pi, pi]; True: in (-pi/2, pi/2]) and ``'class_ids_no_orientation'`` ([]: those classes' boxes
+    are kept axis-parallel). Unknown keys and bad
     values raise a :class:`DLSampleError` naming the key (:func:`check_augment_param`). ``seed`` is
     an int or a NumPy Generator; the same seed gives the same result. ``seed=None`` (the default) uses
     ``get_system('seed_rand')`` (42 unless set; the former default was ``seed=0``: pass it for the
@@ -539,5 +624,5 @@ def augment_dl_samples(samples: Sequence[dict[str, Any]], gen_param: dict[str, A
             result.append(dict(sample))
             continue
         method = enabled[int(rng.integers(len(enabled)))]
-        result.append(_augment_one(sample, method, settings[method], rng))
+        result.append(_augment_one(sample, method, settings, rng))
     return result

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from . import drawing
+from . import box_types, drawing
 from .dataset import jsonable
-from .boxes import BOX_KEYS, iou_matrix
-from .measures import detection_pr_curves, label_sets, multi_label_pr_curves
+from .measures import detection_pr_curves, edit_distance, label_sets, multi_label_pr_curves
 
 PER_CLASS = ("precision", "recall", "f_score", "ap_per_class", "class_iou", "class_pixel_accuracy", "ap_50_per_class",
              "ap_50_95_per_class")
@@ -140,8 +139,8 @@ def _curve_pictures(plt: Any, out: Path, measures: dict[str, Any], params: dict[
     names = _names(params)
     written = []
     if results is not None and samples is not None and params["type"] in ("detection", "multi_label_classification"):
-        curves = (detection_pr_curves(results, samples, params["class_ids"]) if params["type"] == "detection"
-                  else multi_label_pr_curves(results, samples, params["class_ids"]))
+        curves = (detection_pr_curves(results, samples, params["class_ids"], box_type=box_types.of_params(params))
+                  if params["type"] == "detection" else multi_label_pr_curves(results, samples, params["class_ids"]))
         ap = measures.get("ap_50_per_class", measures.get("ap_per_class", {}))
         figure, axis = plt.subplots(figsize=(6, 5))
         for cid, (recall, precision) in curves.items():
@@ -185,15 +184,20 @@ def error_scores(results: list[dict[str, Any]], samples: list[dict[str, Any]], p
     if kind == "segmentation":
         return np.array([float(np.mean(np.asarray(r["segmentation_image"]) != np.asarray(s["segmentation_image"])))
                          for r, s in zip(results, samples)])
-    return np.array([_box_errors(r, s, params["min_confidence"]) for r, s in zip(results, samples)], np.float64)
+    if kind == "ocr_recognition":  # character errors, then the less confident
+        return np.array([edit_distance(str(r["word"]), str(s["word"])) + 1.0 - float(r["word_confidence"])
+                         for r, s in zip(results, samples)])
+    kind = box_types.of_params(params)
+    return np.array([_box_errors(r, s, params["min_confidence"], kind) for r, s in zip(results, samples)], np.float64)
 
 
-def _box_errors(result: dict[str, Any], sample: dict[str, Any], floor: float) -> float:
+def _box_errors(result: dict[str, Any], sample: dict[str, Any], floor: float, kind: box_types.BoxType) -> float:
     keep = np.asarray(result["bbox_confidence"], np.float64) >= floor
-    found = np.stack([np.asarray(result[k], np.float64)[keep] for k in BOX_KEYS], axis=1).reshape(-1, 4)
-    truth = np.stack([np.asarray(sample[k], np.float64) for k in BOX_KEYS], axis=1).reshape(-1, 4)
+    found = np.stack([np.asarray(result[k], np.float64)[keep] for k in kind.keys], axis=1).reshape(-1, kind.size)
+    truth = np.stack([np.asarray(sample[k], np.float64) for k in kind.keys], axis=1).reshape(-1, kind.size)
     same = np.asarray(result["bbox_class_id"])[keep][:, None] == np.asarray(sample["bbox_label_id"])[None, :]
-    match = (iou_matrix(found, truth) >= 0.5) & same if len(found) and len(truth) else np.zeros((len(found), len(truth)), bool)
+    match = (kind.iou(found, truth) >= 0.5) & same if len(found) and len(truth) else \
+        np.zeros((len(found), len(truth)), bool)
     return float((~match.any(axis=0)).sum() + (~match.any(axis=1)).sum())
 
 

@@ -32,8 +32,15 @@ import math
 
 import numpy as np
 
-from .boxes import BOX_SCALES, MAX_LOG_SCALE, as_boxes
-from .errors import DLParamError
+from collections.abc import Callable
+from typing import Any
+
+from . import boxes as axis_boxes
+from .boxes import BOX_SCALES, LABEL_KEY, MAX_LOG_SCALE, as_boxes
+from .errors import DLSampleError
+
+BOX_KEYS = ("bbox_row", "bbox_col", "bbox_length1", "bbox_length2", "bbox_phi")
+"""HALCON's sample and result keys of an oriented box, in the order of the (..., 5) arrays here."""
 
 ANGLE_SCALE = 1.0
 """Divisor of the angle delta in :func:`encode`: the wrapped angle difference is used as it is (its range,
@@ -249,6 +256,13 @@ def decode(anchors: np.ndarray, deltas: np.ndarray, ignore_direction: bool) -> n
     return np.concatenate([centre, np.stack([length1, length2, phi], axis=-1)], axis=-1)
 
 
+def overlap_function(boxes: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``overlap(i, others)``: the IoU of box i of ``boxes`` (M, 5) with the boxes ``others`` (indices),
+    for :func:`onnx_dl.boxes.greedy_nms`."""
+    b = _as_boxes(boxes, "boxes").reshape(-1, 5)
+    return lambda i, others: iou_matrix(b[i:i + 1], b[others])[0]
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, max_overlap: float) -> np.ndarray:
     """Greedy non-maximum suppression: int64 indices of the kept boxes, by descending score.
 
@@ -259,14 +273,65 @@ def nms(boxes: np.ndarray, scores: np.ndarray, max_overlap: float) -> np.ndarray
     s = np.asarray(scores, np.float64).reshape(-1)
     if len(s) != len(b):
         raise ValueError(f"nms: {len(b)} boxes but {len(s)} scores")
-    if not 0.0 <= max_overlap <= 1.0:
-        raise DLParamError(f"max_overlap: expected an IoU threshold in [0, 1], got {max_overlap!r}")
-    order = np.argsort(-s, kind="stable")
-    kept: list[int] = []
-    while order.size:
-        kept.append(int(order[0]))
-        order = order[1:][iou_matrix(b[order[:1]], b[order[1:]])[0] <= max_overlap]
-    return np.asarray(kept, np.int64)
+    return axis_boxes.greedy_nms(s, np.zeros(len(b), np.int64), axis_boxes.check_overlap(max_overlap, "max_overlap"),
+                                 overlap_function(b))
+
+
+def postprocess(boxes: np.ndarray, scores: np.ndarray, min_confidence: float, max_overlap: float,
+                max_overlap_class_agnostic: float, max_num_detections: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Final detections of one image from decoded oriented boxes (M, 5) and class scores (M, K): the
+    rules of :func:`onnx_dl.boxes.postprocess` with the IoU of oriented boxes."""
+    return axis_boxes.postprocess(boxes, scores, min_confidence, max_overlap, max_overlap_class_agnostic,
+                                  max_num_detections, overlap_function)
+
+
+def checked_boxes(entry: dict[str, Any], index: int, label_key: str = LABEL_KEY, what: str = "sample",
+                  positive_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (G, 5) float64, labels (G,)) of one sample or result: the keys :data:`BOX_KEYS` and
+    ``label_key`` as 1-D numeric arrays of equal lengths, finite values and, with ``positive_size``,
+    length1 > 0 and length2 > 0 (the oriented counterpart of :func:`onnx_dl.boxes.checked_boxes`)."""
+    boxes, labels = axis_boxes.box_columns(entry, index, BOX_KEYS, label_key, what)
+    for column in (2, 3) if positive_size else ():
+        bad = np.nonzero(boxes[:, column] <= 0)[0]
+        if len(bad):
+            raise DLSampleError(f"{what} {index}, key {BOX_KEYS[column]!r}: expected a half edge length > 0, got "
+                                f"{boxes[bad[0], column]} (box {bad[0]})")
+    return boxes, labels
+
+
+def enclosing_axis_parallel(boxes: np.ndarray) -> np.ndarray:
+    """The smallest axis-parallel rectangle around each box, as an oriented box with phi = 0
+    (length1 = half the column extent, length2 = half the row extent): what HALCON trains and predicts
+    for the classes of ``class_ids_no_orientation``."""
+    b = _as_boxes(boxes, "boxes")
+    sin, cos = np.abs(np.sin(b[..., 4])), np.abs(np.cos(b[..., 4]))
+    half_cols = b[..., 2] * cos + b[..., 3] * sin
+    half_rows = b[..., 2] * sin + b[..., 3] * cos
+    return np.stack([b[..., 0], b[..., 1], half_cols, half_rows, np.zeros_like(half_rows)], axis=-1)
+
+
+def transform(boxes: np.ndarray, matrix: np.ndarray, offset: np.ndarray, ignore_direction: bool) -> np.ndarray:
+    """Boxes (G, 5) moved by the affine map p -> matrix @ p + offset of (row, col) points (a resize
+    with unequal scales, a mirror, a rotation): the four corners are mapped and the rectangle is refit
+    (:func:`from_polygon`, HALCON's rule for anisotropic scaling). Of the refit rectangle's equivalent
+    forms the one whose length1 points closest to the mapped length1 direction is taken, so a
+    similarity transform (rotation, mirror, equal scales) maps each box exactly, its direction included;
+    phi is normalised (:func:`normalize_angle`)."""
+    b = _as_boxes(boxes, "boxes").reshape(-1, 5)
+    m, t = np.asarray(matrix, np.float64).reshape(2, 2), np.asarray(offset, np.float64).reshape(2)
+    mapped = corners(b) @ m.T + t
+    fit = from_polygon(mapped)
+    direction = axes(b[:, 4])[0] @ m.T  # where the old length1 axis points now
+    candidates = [(fit[:, 2], fit[:, 3], fit[:, 4]), (fit[:, 2], fit[:, 3], fit[:, 4] + math.pi),
+                  (fit[:, 3], fit[:, 2], fit[:, 4] + 0.5 * math.pi), (fit[:, 3], fit[:, 2], fit[:, 4] - 0.5 * math.pi)]
+    alignment = np.stack([(axes(phi)[0] * direction).sum(axis=-1) for _, _, phi in candidates])
+    best = alignment.argmax(axis=0)
+    pick = np.arange(len(b))
+    length1 = np.stack([c[0] for c in candidates])[best, pick]
+    length2 = np.stack([c[1] for c in candidates])[best, pick]
+    phi = np.stack([c[2] for c in candidates])[best, pick]
+    return np.stack([fit[:, 0], fit[:, 1], length1, length2, normalize_angle(phi, ignore_direction)], axis=-1)
 
 
 _PAIRS = ((0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (1, 3))

@@ -136,6 +136,21 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         raise DLModelFileError(f"{str(path)!r}: cannot read its external data: {exc}") from exc
 
 
+def file_params(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model parameters stored in a file written by :func:`write_dl_model` (with or without
+    ``postprocess``), e.g. for :func:`onnx_dl.tasks.detection_postprocess.finish_oriented`; raise
+    :class:`DLModelFileError` for a file without them."""
+    path = resolve(source)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DLModelFileError(f"cannot read model file {str(path)!r}: {exc}") from exc
+    stored = metadata(parse(data, str(path)))
+    if stored is None:
+        raise DLModelFileError(f"{str(path)!r} holds no onnx_dl parameters (not written by write_dl_model)")
+    return dict(stored["params"])
+
+
 def read_dl_model(source: str | os.PathLike[str], type: str | None = None,
                   max_file_size: int | None = MAX_FILE_SIZE) -> DLModel:
     """Read a model: a path to an ``.onnx`` file or the name of a bundled model.

@@ -14,7 +14,7 @@ from conftest import assert_unchanged, fail_on_engine_run, snapshot, weights
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_dl as dl
-from onnx_dl import anchors
+from onnx_dl import anchors, box_types
 from onnx_dl.tasks import detection_builder, detection_postprocess
 from onnx_dl.model import from_network
 from onnx_dl.synthetic import detection_samples
@@ -28,12 +28,14 @@ A, K = 4, 2
 
 
 # -- a detector whose gradients have a closed form ------------------------------------------------
-def tiny_network(seed: int = 0, class_scale: float = 0.5, size: int = TINY) -> onnx.ModelProto:
-    """image (N, 2, size, size) -> average pooling to each level's grid -> shared 1x1 class and box convolutions."""
+def tiny_network(seed: int = 0, class_scale: float = 0.5, size: int = TINY, box_size: int = 4) -> onnx.ModelProto:
+    """image (N, 2, size, size) -> average pooling to each level's grid -> shared 1x1 class and box convolutions
+    (``box_size`` 5: the box head of oriented boxes)."""
     rng = np.random.default_rng(seed)
     inits = {"cls.weight": rng.normal(0, class_scale, (A * K, TINY_CHANNELS, 1, 1)),
              "cls.bias": rng.normal(-1.0, 0.5, A * K),
-             "box.weight": rng.normal(0, 0.5, (A * 4, TINY_CHANNELS, 1, 1)), "box.bias": rng.normal(0, 0.2, A * 4)}
+             "box.weight": rng.normal(0, 0.5, (A * box_size, TINY_CHANNELS, 1, 1)),
+             "box.bias": rng.normal(0, 0.2, A * box_size)}
     nodes, scores, deltas = [], [], []
     for level, pool in TINY_LEVELS.items():
         nodes += [helper.make_node("AveragePool", ["image"], [f"pool{level}"], kernel_shape=[pool, pool],
@@ -45,7 +47,7 @@ def tiny_network(seed: int = 0, class_scale: float = 0.5, size: int = TINY) -> o
         scores.append(helper.make_tensor_value_info(f"class_scores_level_{level}", TensorProto.FLOAT,
                                                     ["N", A * K, grid, grid]))
         deltas.append(helper.make_tensor_value_info(f"box_deltas_level_{level}", TensorProto.FLOAT,
-                                                    ["N", A * 4, grid, grid]))
+                                                    ["N", A * box_size, grid, grid]))
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", TINY_CHANNELS, size, size])
     initializers = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
     graph = helper.make_graph(nodes, "tiny_detector", [image], scores + deltas, initializers)
@@ -97,7 +99,8 @@ def reference(model: dl.DLModel, samples: list[dict[str, Any]],
     params = model.params
     w = {name: value.astype(np.float64) for name, value in weights(model).items()}
     x = np.stack([s["image"].transpose(2, 0, 1) for s in samples]).astype(np.float64)
-    boxes = [np.stack([s[k] for k in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")], 1) for s in samples]
+    keys = box_types.of_params(params).keys
+    boxes = [np.stack([np.asarray(s[k], np.float64) for k in keys], 1) for s in samples]
     classes = [np.searchsorted([3, 7], s["bbox_label_id"]) for s in samples]
     targets, positives = anchors.detection_targets(boxes, classes, params)
     if norm is None:
@@ -143,7 +146,12 @@ def test_focal_and_huber_values_and_gradients_match_reference(scale):
     logits to about +-100, where a naive log(sigmoid) would overflow."""
     model = tiny_model(learning_rate=1.0, momentum=0.0, weight_prior=0.01, class_heads_weight=0.7,
                        bbox_heads_weight=1.3)
-    samples = tiny_samples(4, seed=1, scale=scale)
+    check_one_step(model, tiny_samples(4, seed=1, scale=scale))
+
+
+def check_one_step(model: dl.DLModel, samples: list[dict[str, Any]]) -> dict[str, float]:
+    """One training step of a plain-SGD model (lr 1, momentum 0) against :func:`reference`: the loss values
+    and, as the weight change, the gradients. Returns the reference losses."""
     expected, grads = reference(model, samples)
     before = {k: v.astype(np.float64) for k, v in weights(model).items()}
     result = dl.train_dl_model_batch(model, samples)
@@ -155,6 +163,7 @@ def test_focal_and_huber_values_and_gradients_match_reference(scale):
     for name, grad in grads.items():
         scale = max(1.0, float(np.abs(grad).max()))
         np.testing.assert_allclose(before[name] - after[name], grad, rtol=RTOL, atol=1e-6 * scale)
+    return expected
 
 
 def test_chunks_add_up_to_the_whole_batch():
@@ -377,7 +386,9 @@ def test_settable_detection_parameters():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"instance_type": "rectangle2"}, "oriented 'rectangle2' boxes are not supported"),
+    ({"instance_type": "mask"}, "'rectangle1' \\(axis-parallel boxes\\) or 'rectangle2' \\(oriented boxes\\)"),
+    ({"instance_type": "rectangle2", "anchor_angles": []}, "a non-empty list of finite angles"),
+    ({"instance_type": "rectangle2", "class_ids_no_orientation": [7]}, r"expected ids of the model's class_ids"),
     ({"image_width": 100, "image_height": 96}, r"divisible by 2\*\*4 = 16 .* got 100 x 96"),
     ({"min_level": 4, "max_level": 3}, "'min_level' <= 'max_level'"),
     ({"image_num_channels": 1}, "the backbone takes 3"),

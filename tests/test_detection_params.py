@@ -82,3 +82,33 @@ def test_a_dataset_s_proposal_builds_a_detector_that_trains(tmp_path):
     with pytest.raises(dl.DLError, match="expected a detection dataset"):
         determine_dl_model_detection_param(D.read_dl_dataset(D.write_synthetic_dataset(
             "classification", tmp_path / "c", 8, 32, 0)), 32, 32)
+
+
+def _tilted(count: int, phi: float, elongation: float, seed: int = 0) -> list[np.ndarray]:
+    """Per image one oriented box (row, col, length1, length2, phi) of about 20 x 20 / elongation pixels."""
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for _ in range(count):
+        length1 = rng.uniform(9, 11)
+        boxes.append(np.array([[rng.uniform(16, 48), rng.uniform(16, 48), length1, length1 / elongation, phi]]))
+    return boxes
+
+
+def test_oriented_boxes_get_angles_and_the_coverage_is_recomputed_from_the_grid():
+    """Thin boxes at 45 degrees: one or two evenly spaced angles (0, 90) miss them, four (every 45) hold them;
+    the reported coverage is that of the proposed oriented anchor grid."""
+    boxes = _tilted(20, np.pi / 4, 4.0)
+    found = propose(boxes, 64, 64, {"ignore_direction": True})
+    assert found["ignore_direction"] is True and len(found["anchor_angles"]) >= 4
+    assert any(abs(a - np.pi / 4) < 1e-6 for a in found["anchor_angles"])
+    assert found["anchor_aspect_ratios"] == [4.0]
+    assert found["anchor_coverage"] >= 0.98
+    again = anchor_coverage(boxes, 64, 64, found["min_level"], found["max_level"], found["anchor_num_subscales"],
+                            found["anchor_aspect_ratios"], found["anchor_angles"])
+    assert again == (found["anchor_coverage"], found["mean_best_iou"])
+    axis = propose(_tilted(20, 0.0, 4.0), 64, 64, {"ignore_direction": True})
+    assert axis["anchor_angles"] == [0.0]  # boxes along the columns: one angle suffices
+    full_turn = propose(boxes, 64, 64, {"ignore_direction": False})  # anchors within 90 degrees only
+    assert len(full_turn["anchor_angles"]) >= 4 and full_turn["anchor_coverage"] >= 0.98
+    assert anchor_coverage(boxes, 64, 64, full_turn["min_level"], full_turn["max_level"],
+                           full_turn["anchor_num_subscales"], [4.0], [np.pi / 4 + np.pi], False)[0] == 0.0

@@ -180,7 +180,9 @@ def test_created_on_the_bundled_classifier():
     samples = multi_label_samples(4, 48, 0, class_ids=(3, 5, 9))
     dl.set_dl_model_param(model, "batch_size", 4)
     assert np.isfinite(dl.train_dl_model_batch(model, samples)["total_loss"])
-    with pytest.raises(dl.DLParamError, match="unknown model parameter 'anchor_angles'"):
+    with pytest.raises(dl.DLParamError, match="unknown model parameter 'anchor_spin'"):
+        dl.create_dl_model_multi_label_classification("classifier_compact", [0, 1], {"anchor_spin": [0.0]})
+    with pytest.raises(dl.DLParamError, match="'anchor_angles' does not apply to a multi_label_classification model"):
         dl.create_dl_model_multi_label_classification("classifier_compact", [0, 1], {"anchor_angles": [0.0]})
     with pytest.raises(dl.DLParamError, match="read-only"):
         dl.create_dl_model_multi_label_classification("classifier_compact", [0, 1], {"num_classes": 2})

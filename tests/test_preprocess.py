@@ -414,7 +414,9 @@ def test_classification_only_keys_raise_for_other_samples(key: str, value: int, 
 
 @pytest.mark.parametrize("gen_param,message", [
     ({"mirror_axes": "r"}, "unknown key 'mirror_axes': expected one of augmentation_percentage, mirror"),
-    ({"ignore_direction": True}, "unknown key 'ignore_direction'"),
+    ({"remove_pixel": 0.1}, "unknown key 'remove_pixel'"),
+    ({"ignore_direction": "yes"}, "key 'ignore_direction': expected True or False, got 'yes'"),
+    ({"class_ids_no_orientation": [-1]}, "key 'class_ids_no_orientation': expected a list of class ids >= 0"),
     ({"rotate": 45}, "key 'rotate': expected 0, 90 or 180, got 45"),
     ({"mirror": "x"}, "key 'mirror': expected 'off', 'r', 'c' or 'rc', got 'x'"),
     ({"mirror": ""}, "key 'mirror': expected 'off', 'r', 'c' or 'rc', got ''"),
@@ -491,3 +493,19 @@ def test_training_augmentation_keeps_the_old_behaviour_explicitly() -> None:
         old = P.augment_dl_samples(samples, 6, crop_percentage=100)
     for a, b in zip(old, P.augment_dl_samples(samples, training.training_augmentation(True, False), 6)):
         _same(a, b)
+
+
+def test_word_samples_are_not_mirrored_turned_or_cropped() -> None:
+    """A word read backwards is another word: train_dl_model(augment=True) varies only brightness and
+    contrast of OCR samples, and augment_dl_samples refuses to mirror or turn them."""
+    assert training.training_augmentation(True, False, words=True) == {
+        "augmentation_percentage": 50, "brightness_variation": 20, "contrast_variation": 0.2}
+    word = {"image": np.zeros((8, 32, 1), np.float32), "word": "AB12"}
+    assert P.sample_kind(word) == "ocr_recognition"
+    for key, value in (("mirror", "c"), ("rotate", 180)):
+        with pytest.raises(DLSampleError, match=r"sample 0 is a word \(key 'word'\); mirrored or turned"):
+            P.augment_dl_samples([word], {key: value, "augmentation_percentage": 100})
+    with pytest.raises(DLSampleError, match=r"'crop_percentage': applies to classification samples only.*it has a word"):
+        P.augment_dl_samples([word], {"crop_percentage": 80})
+    brighter = P.augment_dl_samples([word], {"brightness_variation": 10, "augmentation_percentage": 100}, seed=0)[0]
+    assert brighter["word"] == "AB12" and brighter["image"].shape == (8, 32, 1)

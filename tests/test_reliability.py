@@ -17,6 +17,7 @@ import onnx_dl as dl
 from conftest import (CHANNELS, SIZE, assert_unchanged, conv_segmentation_network, image_samples, linear_network,
                       load, snapshot, weights)
 from test_detection import tiny_model as tiny_detection_model
+from test_rotated_detection import rotated_tiny_model
 
 
 def test_non_finite_gradient_with_finite_loss_applies_no_update(tmp_path):
@@ -109,7 +110,7 @@ _values = st.one_of(
               st.sampled_from([(SIZE, SIZE), (SIZE, SIZE, CHANNELS), (SIZE,)]), st.integers(-2, 5)),
 )
 _keys = st.sampled_from(["image", "image_label_id", "image_label_ids", "segmentation_image", "weight_image",
-                         "bbox_row1", "bbox_col2", "bbox_label_id", "other"])
+                         "bbox_row1", "bbox_col2", "bbox_label_id", "bbox_length1", "bbox_phi", "other"])
 _sample = st.one_of(st.dictionaries(_keys, _values, max_size=5), st.integers(), st.none())
 
 
@@ -121,6 +122,10 @@ def _valid(kind, rng):
     if kind == "detection":
         return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32), "bbox_row1": [0.0],
                 "bbox_col1": [0.5], "bbox_row2": [2.5], "bbox_col2": [3.0], "bbox_label_id": [7]}
+    if kind == "detection_rectangle2":
+        return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32), "bbox_row": [2.0],
+                "bbox_col": [1.5], "bbox_length1": [2.5], "bbox_length2": [1.0], "bbox_phi": [0.4],
+                "bbox_label_id": [7]}
     return {"image": rng.normal(0, 1, (SIZE, SIZE, CHANNELS)).astype(np.float32),
             "segmentation_image": rng.integers(0, 3, (SIZE, SIZE)).astype(np.uint8)}
 
@@ -128,6 +133,8 @@ def _valid(kind, rng):
 def _fuzzed_model(tmp_path, kind):
     if kind == "detection":
         return tiny_detection_model(size=SIZE, batch_size=2)
+    if kind == "detection_rectangle2":
+        return rotated_tiny_model(size=SIZE, batch_size=2)
     network = linear_network() if "classification" in kind else conv_segmentation_network()
     path = tmp_path / f"{kind}.onnx"
     onnx.save(network, path)
@@ -137,7 +144,8 @@ def _fuzzed_model(tmp_path, kind):
     return model
 
 
-@pytest.mark.parametrize("kind", ["classification", "segmentation", "detection", "multi_label_classification"])
+@pytest.mark.parametrize("kind", ["classification", "segmentation", "detection", "detection_rectangle2",
+                                  "multi_label_classification"])
 def test_random_malformed_batches_raise_dl_errors_and_change_nothing(tmp_path, kind):
     model = _fuzzed_model(tmp_path, kind)
     class_ids = dl.get_dl_model_param(model, "class_ids")

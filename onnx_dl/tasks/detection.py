@@ -5,6 +5,13 @@ max_level, first the class scores (N, A*K, H_L, W_L) of every level (a Sigmoid o
 logits), then the box deltas (N, A*4, H_L, W_L); A = anchor_num_subscales *
 len(anchor_aspect_ratios) anchors per cell, K classes.
 
+With ``instance_type`` 'rectangle2' the boxes are oriented (samples and results ``bbox_row``,
+``bbox_col``, ``bbox_length1``, ``bbox_length2``, ``bbox_phi``: :mod:`onnx_dl.rotated_boxes`), each cell
+holds A = anchor_num_subscales * len(anchor_aspect_ratios) * len(anchor_angles) anchors and the box
+heads have A*5 channels (:mod:`onnx_dl.anchors`); matching uses the exact IoU of rotated rectangles and
+NMS too. Boxes of the classes in ``class_ids_no_orientation`` are trained and returned as their
+axis-parallel enclosing box (phi = 0). Everything else below holds for both box types.
+
 Training targets come from :func:`onnx_dl.anchors.detection_targets` over all samples of the
 step. The focal and Huber losses of every level are divided by a running average of the number
 of positive anchors per step (detectron2's RetinaNet convention), updated once per step before
@@ -26,6 +33,7 @@ the solver state, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +41,9 @@ import numpy as np
 import onnx
 
 from .. import anchors as anchor_targets
+from .. import box_types
 from .. import boxes as box_ops
+from .. import rotated_boxes
 from .. import graph as g
 from .. import measures as measure
 from .. import samples as sample_checks
@@ -41,35 +51,40 @@ from .. import synthetic
 from .. import training_graph
 from ..errors import DLModelFileError, DLParamError, DLSampleError
 from ..onnx_builder import GraphBuilder
-from ..params import (ParamSpec, at_least, class_weight_array, closed_unit_interval, image_shape, one_of,
-                      positive_values)
+from ..params import (ParamSpec, at_least, class_weight_array, closed_unit_interval, image_shape,
+                      nonnegative_ids, one_of, positive_values)
 
 NAME = "detection"
 LABEL_KEY = box_ops.LABEL_KEY
 DATASET_KEYS = (LABEL_KEY,)
-RESULT_KEYS = (*box_ops.BOX_KEYS, "bbox_class_id", "bbox_class_name", "bbox_confidence")
+CLASS_RESULT_KEYS = ("bbox_class_id", "bbox_class_name", "bbox_confidence")
+RESULT_KEYS = (*box_ops.BOX_KEYS, *CLASS_RESULT_KEYS)  # 'rectangle1'; 'rectangle2': result_keys(params)
 BOX_KEYS = box_ops.BOX_KEYS
 SCORE_RANK = 4  # (N, A*K, H_L, W_L) per level
 FOCAL_ALPHA = 0.25  # default class weight of a detector: the focal loss's alpha (RetinaNet)
 DEFAULT_CLASS_WEIGHT = FOCAL_ALPHA
-MAIN_MEASURE, LOWER_IS_BETTER = "map_50", False
+MAIN_MEASURE, LOWER_IS_BETTER = "mean_ap", False  # over IoU 0.5:0.95: HALCON's comparison key
 CLI_NETWORK, CLI_IMAGE_SIZE = "classifier_compact", 128  # the command line's backbone
 EVALUATION_MIN_CONFIDENCE = 0.05
 """The score floor of the detections an evaluation ranks: the test threshold of RetinaNet in
 detectron2 and torchvision. AP integrates precision over the whole recall range, so it needs the
 low-confidence tail that HALCON's display default ``min_confidence`` 0.5 cuts off."""
 EVALUATION_OVERRIDES = {"min_confidence": EVALUATION_MIN_CONFIDENCE}
-BOX_TOLERANCE = 0.01  # pixels a box may reach beyond the image border -0.5 .. size - 0.5 (rounding)
 NORMALIZER_MOMENTUM = 0.9  # of the positive-anchor average (detectron2's RetinaNet); 0 gives the per-step count
 NORMALIZER_PARAM = "positive_anchor_average"  # its start value is the parameter's default, 100 (detectron2's)
 HEAD_PREFIX = "detector."  # every initializer create_dl_model_detection adds (pyramid, heads) starts with it
 
 
-def axis_aligned(v: str) -> str | None:
-    """Check of ``instance_type``: 'rectangle1' only."""
-    if v == "rectangle1":
+def instance_types(v: str) -> str | None:
+    """Check of ``instance_type``: 'rectangle1' (axis-parallel boxes) or 'rectangle2' (oriented boxes)."""
+    if v in ("rectangle1", "rectangle2"):
         return None
-    return "'rectangle1' (axis-aligned boxes; oriented 'rectangle2' boxes are not supported)"
+    return "'rectangle1' (axis-parallel boxes) or 'rectangle2' (oriented boxes)"
+
+
+def finite_angles(v: list[float]) -> str | None:
+    """Check of ``anchor_angles``: a non-empty list of finite angles (radians)."""
+    return None if v and all(math.isfinite(a) for a in v) else "a non-empty list of finite angles in radians"
 
 
 def focal_alphas(v: list[float]) -> str | None:
@@ -91,7 +106,15 @@ PARAMS = (
               positive_values),
     ParamSpec("capacity", "str", "medium", "width and depth of the pyramid and heads",
               one_of("low", "medium", "high")),
-    ParamSpec("instance_type", "str", "rectangle1", "box type: 'rectangle1' (axis-aligned)", axis_aligned),
+    ParamSpec("instance_type", "str", "rectangle1", "box type: 'rectangle1' (axis-parallel: bbox_row1, bbox_col1, "
+              "bbox_row2, bbox_col2) or 'rectangle2' (oriented: bbox_row, bbox_col, bbox_length1, bbox_length2, "
+              "bbox_phi)", instance_types),
+    ParamSpec("anchor_angles", "float_list", [0.0], "rectangle2: anchor orientations in radians (each subscale and "
+              "aspect ratio once per angle; the aspect ratio is length1 / length2)", finite_angles),
+    ParamSpec("ignore_direction", "bool", False, "rectangle2: phi and phi + pi are the same box (angles in "
+              "(-pi/2, pi/2]; otherwise (-pi, pi] and the direction of length1 is learned)"),
+    ParamSpec("class_ids_no_orientation", "int_list", [], "rectangle2: classes whose boxes are trained and returned "
+              "axis-parallel (their enclosing box, phi = 0)", nonnegative_ids),
     ParamSpec("class_heads_weight", "float", 1.0, "factor of the focal loss of the class heads", at_least(0.0)),
     ParamSpec("bbox_heads_weight", "float", 1.0, "factor of the Huber loss of the box heads", at_least(0.0)),
     ParamSpec("min_confidence", "float", 0.5, "boxes scoring below this are dropped before NMS",
@@ -110,7 +133,7 @@ PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {"class_weights": focal_a
 # the architecture: given at creation (create_dl_model_detection), refused by set_dl_model_param afterwards
 FIXED_AFTER_CREATION = frozenset({"image_width", "image_height", "image_dimensions", "min_level", "max_level",
                                   "anchor_num_subscales", "anchor_aspect_ratios", "capacity", "instance_type",
-                                  "backbone_docking_layers"})
+                                  "backbone_docking_layers", "anchor_angles", "ignore_direction"})
 TRAINING_STATE = (NORMALIZER_PARAM,)
 
 
@@ -119,6 +142,10 @@ def check_params(params: dict[str, Any]) -> None:
     low, high = params["min_level"], params["max_level"]
     if high < low:
         raise DLParamError(f"parameters 'min_level' <= 'max_level' expected, got {low} and {high}")
+    unknown = sorted(set(params.get("class_ids_no_orientation") or []) - set(params.get("class_ids") or []))
+    if unknown and params.get("class_ids") is not None:
+        raise DLParamError(f"parameter 'class_ids_no_orientation': expected ids of the model's class_ids "
+                           f"{params['class_ids']}, got {unknown}")
     stride = 2**high
     width, height = params.get("image_width"), params.get("image_height")
     if width is not None and height is not None and (width % stride or height % stride):
@@ -132,9 +159,17 @@ def with_classes(network: onnx.ModelProto, params: dict[str, Any], class_ids: li
                        f"was created with (num_classes); got {len(class_ids)} ids")
 
 
-def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-    """COCO mAP@0.5 and mAP@[0.5:0.95], AP per class (:func:`onnx_dl.measures.detection_measures`)."""
-    return measure.detection_measures(results, samples, params["class_ids"])
+def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], params: dict[str, Any],
+             **options: Any) -> dict[str, Any]:
+    """``mean_ap`` (IoU 0.5:0.95), mAP@0.5, AP per class and HALCON's nested keys
+    (:func:`onnx_dl.measures.detection_measures`, which takes ``options``: ``max_num_detections``,
+    ``area_ranges``) with the IoU of the model's box type; oriented boxes add HALCON's ``soap``
+    (:func:`onnx_dl.measures.score_of_angle_precision`)."""
+    kind = box_types.of_params(params)
+    found = measure.detection_measures(results, samples, params["class_ids"], box_type=kind, **options)
+    if isinstance(kind, box_types.Rectangle2):
+        found["soap"] = measure.score_of_angle_precision(results, samples, params["class_ids"], kind)
+    return found
 
 
 def synthetic_samples(count: int, size: int = 128, seed: int = 0) -> list[dict[str, Any]]:
@@ -153,8 +188,20 @@ def levels(params: dict[str, Any]) -> list[int]:
 
 
 def num_anchors(params: dict[str, Any]) -> int:
-    """Anchors per cell: A = anchor_num_subscales * len(anchor_aspect_ratios)."""
-    return params["anchor_num_subscales"] * len(params["anchor_aspect_ratios"])
+    """Anchors per cell: A = anchor_num_subscales * len(anchor_aspect_ratios) (* len(anchor_angles) for
+    'rectangle2')."""
+    angles = len(params["anchor_angles"]) if box_types.of_params(params).name == "rectangle2" else 1
+    return params["anchor_num_subscales"] * len(params["anchor_aspect_ratios"]) * angles
+
+
+def box_size(params: dict[str, Any]) -> int:
+    """Numbers per box and box-head channels per anchor: 4, or 5 for 'rectangle2'."""
+    return box_types.of_params(params).size
+
+
+def result_keys(params: dict[str, Any]) -> tuple[str, ...]:
+    """What ``apply_dl_model`` returns per sample for the model's box type."""
+    return (*box_types.of_params(params).keys, *CLASS_RESULT_KEYS)
 
 
 def _outputs(network: onnx.ModelProto, params: dict[str, Any]) -> list[str]:
@@ -188,7 +235,7 @@ def output_shapes(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str,
     for index, level in enumerate(levels(params)):
         size = [params["image_height"] // 2**level, params["image_width"] // 2**level]
         shapes[names[index]] = [anchors * classes, *size]
-        shapes[names[count + index]] = [anchors * 4, *size]
+        shapes[names[count + index]] = [anchors * box_size(params), *size]
     return shapes
 
 
@@ -226,16 +273,25 @@ def build_training_graph(network: onnx.ModelProto, params: dict[str, Any],
 
 def _sample_boxes(sample: dict[str, Any], index: int, params: dict[str, Any],
                   position: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes (G, 4) float64, class indices (G,)) of one sample, validated."""
-    boxes, labels = box_ops.checked_boxes(sample, index)
-    limits = (params["image_height"], params["image_width"], params["image_height"], params["image_width"])
-    for column, (key, size) in enumerate(zip(BOX_KEYS, limits)):
-        values = boxes[:, column]
-        bad = np.nonzero((values < -0.5 - BOX_TOLERANCE) | (values > size - 0.5 + BOX_TOLERANCE))[0]
-        if len(bad):
-            raise DLSampleError(f"sample {index}, key {key!r}: expected coordinates inside the image, -0.5 .. "
-                                f"{size - 0.5} (pixel centres 0 .. {size - 1}), got {values[bad[0]]} (box {bad[0]})")
-    return boxes, _label_indices(labels, index, position, params["class_ids"])
+    """(boxes (G, 4) or (G, 5) float64, class indices (G,)) of one sample, validated; oriented boxes of the
+    classes in ``class_ids_no_orientation`` replaced by their axis-parallel enclosing box."""
+    kind = box_types.of_params(params)
+    boxes, labels = kind.checked(sample, index)
+    kind.check_inside(boxes, index, params["image_height"], params["image_width"])
+    classes = _label_indices(labels, index, position, params["class_ids"])
+    return without_orientation(boxes, classes, params), classes
+
+
+def without_orientation(boxes: np.ndarray, class_index: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """Oriented boxes whose class (index into class_ids) is in ``class_ids_no_orientation`` replaced by
+    their axis-parallel enclosing box (:func:`onnx_dl.rotated_boxes.enclosing_axis_parallel`); other
+    boxes, and axis-parallel ones, as they are."""
+    listed = params.get("class_ids_no_orientation") or []
+    if boxes.shape[-1] != 5 or not listed or not len(boxes):
+        return boxes
+    ids = np.asarray(params["class_ids"], np.int64)[class_index]
+    replace = np.isin(ids, listed)
+    return np.where(replace[:, None], rotated_boxes.enclosing_axis_parallel(boxes), boxes)
 
 
 def _label_indices(labels: np.ndarray, index: int, position: dict[int, int], class_ids: list[int]) -> np.ndarray:
@@ -253,7 +309,8 @@ def _label_indices(labels: np.ndarray, index: int, position: dict[int, int], cla
 
 def sample_boxes(samples: list[dict[str, Any]], params: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every sample's boxes (G, 4) and class indices (G,), validated: 1-D arrays of equal lengths,
-    finite, row2 > row1, col2 > col1, inside the image, ids in ``class_ids``."""
+    finite, row2 > row1, col2 > col1, inside the image, ids in ``class_ids`` (oriented boxes (G, 5):
+    length1 > 0, length2 > 0, the centre inside the image)."""
     position = {cid: i for i, cid in enumerate(params["class_ids"])}
     checked = [_sample_boxes(sample, index, params, position) for index, sample in enumerate(samples)]
     return [b for b, _ in checked], [c for _, c in checked]
@@ -299,23 +356,31 @@ def train_chunks(samples: list[dict[str, Any]], params: dict[str, Any],
 
 def results(outputs: list[np.ndarray], params: dict[str, Any], keys: list[str]) -> list[dict[str, Any]]:
     """Per sample the boxes after decoding, the confidence threshold, NMS and the cap, by descending
-    confidence: ``bbox_row1``, ``bbox_col1``, ``bbox_row2``, ``bbox_col2`` (float64 arrays),
-    ``bbox_class_id`` (int64 array), ``bbox_class_name`` (list), ``bbox_confidence`` (float64 array)."""
-    unknown = [key for key in keys if key not in RESULT_KEYS]
-    if unknown:
-        raise DLParamError(f"apply_dl_model: unknown outputs {unknown}; a detector offers {list(RESULT_KEYS)}")
+    confidence: ``bbox_row1``, ``bbox_col1``, ``bbox_row2``, ``bbox_col2`` (float64 arrays; 'rectangle2':
+    ``bbox_row``, ``bbox_col``, ``bbox_length1``, ``bbox_length2``, ``bbox_phi``), ``bbox_class_id`` (int64
+    array), ``bbox_class_name`` (list), ``bbox_confidence`` (float64 array). ``keys`` equal to
+    :data:`RESULT_KEYS` (apply_dl_model's default) mean every key of the model's box type."""
+    kind = box_types.of_params(params)
     count = len(levels(params))
-    ids, names = np.asarray(params["class_ids"], np.int64), params["class_names"]
-    scores = anchor_targets.flatten_heads(outputs[:count], len(ids))
-    deltas = anchor_targets.flatten_heads(outputs[count:], 4)
+    scores = anchor_targets.flatten_heads(outputs[:count], len(params["class_ids"]))
+    deltas = anchor_targets.flatten_heads(outputs[count:], kind.size)
     anchors = anchor_targets.all_anchors(params)
-    found = []
-    for n in range(len(scores)):
-        kept, index, confidence = box_ops.postprocess(
-            box_ops.decode(anchors, deltas[n]), scores[n], params["min_confidence"], params["max_overlap"],
-            params["max_overlap_class_agnostic"], params["max_num_detections"])
-        full = {key: kept[:, column].astype(np.float64) for column, key in enumerate(BOX_KEYS)}
-        full.update(bbox_class_id=ids[index], bbox_class_name=[names[i] for i in index],
-                    bbox_confidence=confidence.astype(np.float64))
-        found.append({key: full[key] for key in keys})
-    return found
+    return [final_boxes(kind.decode(anchors, deltas[n]), scores[n], params, keys) for n in range(len(scores))]
+
+
+def final_boxes(boxes: np.ndarray, scores: np.ndarray, params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """One image's result (:func:`results`) from its decoded boxes (M, 4) or (M, 5) and scores (M, K):
+    threshold, NMS and cap by the box type's rules, axis-parallel boxes for ``class_ids_no_orientation``."""
+    kind = box_types.of_params(params)
+    offered = result_keys(params)
+    keys = list(offered) if list(keys) == list(RESULT_KEYS) else list(keys)
+    unknown = [key for key in keys if key not in offered]
+    if unknown:
+        raise DLParamError(f"apply_dl_model: unknown outputs {unknown}; this detector offers {list(offered)}")
+    ids, names = np.asarray(params["class_ids"], np.int64), params["class_names"]
+    kept, index, confidence = kind.postprocess(boxes, scores, params)
+    kept = without_orientation(kept, index, params)
+    full = {key: kept[:, column].astype(np.float64) for column, key in enumerate(kind.keys)}
+    full.update(bbox_class_id=ids[index], bbox_class_name=[names[i] for i in index],
+                bbox_confidence=confidence.astype(np.float64))
+    return {key: full[key] for key in keys}

@@ -120,13 +120,14 @@ def build_network(backbone: onnx.ModelProto, params: dict[str, Any], seed: int =
     anchors, classes = detection.num_anchors(params), len(params["class_ids"])
     prior_logit = -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
     class_head = _Head(b, "class", width, depth, anchors * classes, prior_logit)
-    box_head = _Head(b, "box", width, depth, anchors * 4, 0.0)
+    box_channels = anchors * detection.box_size(params)
+    box_head = _Head(b, "box", width, depth, box_channels, 0.0)
     scores, deltas = [], []
     for level, feature in features.items():
         size = [params["image_height"] // 2**level, params["image_width"] // 2**level]
         logits = class_head.apply(feature, f"class_logits_level_{level}")
         scores.append((b.op("Sigmoid", [logits], name=f"class_scores_level_{level}"), [anchors * classes, *size]))
-        deltas.append((box_head.apply(feature, f"box_deltas_level_{level}"), [anchors * 4, *size]))
+        deltas.append((box_head.apply(feature, f"box_deltas_level_{level}"), [box_channels, *size]))
     for name, shape in scores + deltas:
         b.output(name, ["N", *shape])
     onnx.checker.check_model(trunk)

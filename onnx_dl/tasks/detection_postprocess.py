@@ -14,6 +14,14 @@ descending confidence: ``bbox_image_index`` (D,) int64 (the image in the batch),
 ``bbox_class_name`` (D,) string, ``bbox_confidence`` (D,) float32. Decoding runs in float32 (the
 host in float64), so coordinates agree to float32 rounding. The parameters (thresholds, cap) are
 those of the model when it is exported.
+
+Oriented boxes ('rectangle2'): ONNX's ``NonMaxSuppression`` knows axis-parallel boxes only, so the
+file ends before the NMS. Outputs (:data:`ORIENTED_OUTPUTS`): ``bbox_row``, ``bbox_col``,
+``bbox_length1``, ``bbox_length2``, ``bbox_phi`` (N, M) float32, every anchor's decoded box
+(:func:`onnx_dl.rotated_boxes.decode` in float32, phi normalised), and ``bbox_scores`` (N, M, K) float32,
+every anchor's class scores. :func:`finish_oriented` (NumPy, on the host) applies ``min_confidence``,
+the rotated NMS, ``max_num_detections`` and ``class_ids_no_orientation`` and returns what
+``apply_dl_model`` returns.
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ import onnx
 from onnx import TensorProto
 
 from .. import anchors as anchor_grid
+from .. import box_types, rotated_boxes
 from .. import boxes as box_ops
 from . import detection
 from ..errors import DLParamError
 from ..onnx_builder import GraphBuilder
 
 MAX_PAIRS = 2**24  # priorities up to this are exact float32 integers
+ORIENTED_OUTPUTS = (*rotated_boxes.BOX_KEYS, "bbox_scores")
 OUTPUTS = ("bbox_image_index", "bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_class_id",
            "bbox_class_name", "bbox_confidence")
 
@@ -130,7 +140,10 @@ def _first_per_image(b: GraphBuilder, image: str, priority: str, count: int, cap
 
 
 def postprocess_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
-    """The detector's inference graph followed by decoding and NMS, ending in the outputs of :data:`OUTPUTS`."""
+    """The detector's inference graph followed by decoding and NMS, ending in the outputs of :data:`OUTPUTS`
+    (oriented boxes: decoding only, :func:`oriented_graph`)."""
+    if isinstance(box_types.of_params(params), box_types.Rectangle2):
+        return oriented_graph(network, params)
     model = detection.inference_graph(network, params)
     names = [output.name for output in model.graph.output]
     levels = len(detection.levels(params))
@@ -204,3 +217,73 @@ def _string_const(b: GraphBuilder, values: list[str]) -> str:
     b.graph.initializer.append(onnx.helper.make_tensor(name, TensorProto.STRING, [len(values)],
                                                        [v.encode("utf-8") for v in values]))
     return name
+
+
+def _decode_oriented(b: GraphBuilder, deltas: str, params: dict[str, Any]) -> list[str]:
+    """(N, M, 1) row, col, length1, length2, phi from deltas (N, M, 5): :func:`onnx_dl.rotated_boxes.decode`
+    in float32; the anchors' axes are constants."""
+    anchors = anchor_grid.all_anchors(params)
+    u, v = rotated_boxes.axes(anchors[:, 4])
+    scaled = b.op("Mul", [deltas, b.const(np.asarray(rotated_boxes.ROTATED_BOX_SCALES, np.float32), "box_scales")],
+                  "scaled")
+    d1, d2, dl1, dl2, dphi = b.op("Split", [scaled, b.const(np.ones(5, np.int64), "fives")], "delta", outputs=5,
+                                  axis=2)
+
+    def column(values: np.ndarray, name: str) -> str:
+        return b.const(values.reshape(1, -1, 1).astype(np.float32), name)
+
+    centre = []
+    for axis, name in ((0, "row"), (1, "col")):
+        along = b.op("Mul", [d1, column(anchors[:, 2] * u[:, axis], f"l1_u_{name}")], f"along_{name}")
+        across = b.op("Mul", [d2, column(anchors[:, 3] * v[:, axis], f"l2_v_{name}")], f"across_{name}")
+        centre.append(b.op("Add", [column(anchors[:, axis], f"anchor_{name}"),
+                                   b.op("Add", [along, across], f"offset_{name}")], f"centre_{name}"))
+    limit = b.const(np.float32(box_ops.MAX_LOG_SCALE), "max_log_scale")
+    lengths = [b.op("Mul", [column(anchors[:, 2 + i], f"anchor_length{i + 1}"),
+                            b.op("Exp", [b.op("Min", [d, limit], f"log_length{i + 1}")], f"scale{i + 1}")],
+                    f"length{i + 1}") for i, d in enumerate((dl1, dl2))]
+    half = np.float32(0.5 * np.pi if params.get("ignore_direction") else np.pi)
+    raw = b.op("Add", [column(anchors[:, 4], "anchor_phi"), dphi], "raw_phi")
+    # phi' = h - ((h - phi) mod 2h), mod as x - 2h floor(x / 2h): normalize_angle's rule
+    gap = b.op("Sub", [b.const(half, "half_period"), raw], "phi_gap")
+    period = b.const(np.float32(2 * half), "period")
+    wrapped = b.op("Sub", [gap, b.op("Mul", [period, b.op("Floor", [b.op("Div", [gap, period], "turns")],
+                                                          "whole_turns")], "period_part")], "phi_mod")
+    phi = b.op("Sub", [b.const(half, "half_period2"), wrapped], "phi")
+    return [*centre, *lengths, phi]
+
+
+def oriented_graph(network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto:
+    """The inference graph of an oriented-box detector followed by decoding: the outputs of
+    :data:`ORIENTED_OUTPUTS` (module docstring); :func:`finish_oriented` completes them on the host."""
+    model = detection.inference_graph(network, params)
+    names = [output.name for output in model.graph.output]
+    levels = len(detection.levels(params))
+    anchors, classes = detection.num_anchors(params), len(params["class_ids"])
+    del model.graph.output[:]
+    b = GraphBuilder(model.graph, prefix="postprocess/")
+    scores = _flatten(b, names[:levels], anchors, classes)
+    parts = _decode_oriented(b, _flatten(b, names[levels:], anchors, 5), params)
+    squeeze_axis = b.const(np.array([2]), "axis2")
+    for key, part in zip(rotated_boxes.BOX_KEYS, parts):
+        b.graph.node.append(onnx.helper.make_node("Squeeze", [part, squeeze_axis], [key], name=f"{key}_output"))
+        b.output(key, ["N", "M"])
+    b.graph.node.append(onnx.helper.make_node("Identity", [scores], ["bbox_scores"], name="bbox_scores_output"))
+    b.output("bbox_scores", ["N", "M", classes])
+    onnx.checker.check_model(model)
+    return model
+
+
+def finish_oriented(outputs: dict[str, np.ndarray], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``apply_dl_model``'s results from the outputs of a file written by ``write_dl_model(...,
+    postprocess=True)`` for an oriented-box detector (a dict of :data:`ORIENTED_OUTPUTS`, e.g.
+    ``dict(zip(names, session.run(None, {"image": x})))``) and the model's parameters (the file's
+    metadata: :func:`onnx_dl.serialization.file_params`): per image ``min_confidence``, the rotated NMS
+    (``max_overlap``, ``max_overlap_class_agnostic``), ``max_num_detections`` and the axis-parallel boxes of
+    ``class_ids_no_orientation`` (:func:`onnx_dl.tasks.detection.final_boxes`)."""
+    missing = [key for key in ORIENTED_OUTPUTS if key not in outputs]
+    if missing:
+        raise DLParamError(f"finish_oriented: the outputs miss {missing}; expected {list(ORIENTED_OUTPUTS)}")
+    boxes = np.stack([np.asarray(outputs[key], np.float64) for key in rotated_boxes.BOX_KEYS], axis=-1)
+    scores = np.asarray(outputs["bbox_scores"])
+    return [detection.final_boxes(boxes[n], scores[n], params, list(detection.RESULT_KEYS)) for n in range(len(boxes))]
