@@ -93,6 +93,11 @@ class DLModel:
             network = self.kind.with_classes(self.network(), self._params, value)
             candidate["class_names"] = [str(i) for i in value]
             candidate["class_weights"] = None
+        implies = getattr(self.kind, "implied_params", None)  # optional: a parameter that sets others (OCR's alphabet)
+        implied = implies(name, value, candidate) if implies is not None else {}
+        if implied.get("class_ids") is not None and len(implied["class_ids"]) != len(self._params["class_ids"]):
+            network = self.kind.with_classes(self.network(), self._params, implied["class_ids"])
+        candidate.update(implied)
         if name == "runtime":
             runtime.require_device(value)
         if name == "batch_size":
@@ -115,6 +120,7 @@ class DLModel:
         self._commit(self._network, candidate)
 
     def _commit(self, network: onnx.ModelProto, params: dict[str, Any]) -> None:
+        params = network_params(self.kind, network, params)
         if network is not self._network:
             self._network = network
             self._inference = None
@@ -289,4 +295,11 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
                                f"predicts {classes}")
     P.check_consistent(params)
     check_network(network, params)
-    return DLModel(network, params)
+    return DLModel(network, network_params(kind, network, params))
+
+
+def network_params(kind: types.ModelType, network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the read-only parameters a type reads off its network at the image size (optional
+    ``network_params`` of the type: OCR's ``num_time_steps``)."""
+    read = getattr(kind, "network_params", None)
+    return {**params, **read(network, params)} if read is not None else params

@@ -20,11 +20,13 @@ class NetBuilder(GraphBuilder):
         super().__init__(graph)
         self.rng = np.random.default_rng(seed)
 
-    def conv_bn_relu(self, x: str, c_in: int, c_out: int, stride: int, name: str) -> str:
-        """3x3 convolution (no bias), batch norm, ReLU. He-normal weights: std = sqrt(2 / fan_in)."""
+    def conv_bn_relu(self, x: str, c_in: int, c_out: int, stride: int | tuple[int, int], name: str) -> str:
+        """3x3 convolution (no bias), batch norm, ReLU. He-normal weights: std = sqrt(2 / fan_in).
+        ``stride``: one for both axes or (rows, columns)."""
         w = self.rng.normal(0.0, np.sqrt(2.0 / (c_in * 9)), (c_out, c_in, 3, 3)).astype(np.float32)
+        strides = [stride, stride] if isinstance(stride, int) else list(stride)
         y = self.op("Conv", [x, self.const(w, name=f"{name}.weight")], f"{name}.conv", kernel_shape=[3, 3],
-                    pads=[1, 1, 1, 1], strides=[stride, stride])
+                    pads=[1, 1, 1, 1], strides=strides)
         bn = [self.const(np.ones(c_out, np.float32), name=f"{name}.bn.scale"),
               self.const(np.zeros(c_out, np.float32), name=f"{name}.bn.bias"),
               self.const(np.zeros(c_out, np.float32), name=f"{name}.bn.running_mean"),
@@ -110,6 +112,47 @@ def segmentation_compact(num_classes: int = 4, channels: int = 3, widths: tuple[
                                                                    name="classifier.bias")],
          name="logits", kernel_shape=[1, 1])
     b.output("logits", ["N", num_classes, "H", "W"])
+    model = new_model(graph)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def ocr_recognition_compact(num_classes: int = 37, channels: int = 1, widths: tuple[int, ...] = (32, 64, 96, 128),
+                            seed: int = 0, step_width: int = 8) -> onnx.ModelProto:
+    """A compact word recogniser, fully convolutional over the width: (N, C, H, W) -> class scores
+    (N, K, T) with one column per horizontal step of ``step_width`` pixels (4, 8 or 16), T = W / step_width
+    (K = blank + alphabet; for a CTC loss).
+
+    Input scale 1/128; two stride-2 conv-BN-ReLUs, then per further width a conv-BN-ReLU of stride 2 in
+    the height (and in the width while the steps are narrower than ``step_width``) followed by a stride-1
+    one; the mean over the remaining rows; a 1 x 3 convolution with bias and ReLU over neighbouring steps
+    (context); a 1 x 1 convolution with bias to the scores, squeezed to (N, K, T). Any height from 16 and
+    any width divisible by ``step_width``.
+    """
+    graph = onnx.GraphProto(name="ocr_recognition_compact")
+    b = NetBuilder(graph, seed)
+    b.input("image", ["N", channels, "H", "W"])
+    x = b.op("Mul", ["image", b.const(np.float32(INPUT_SCALE), name="input_scale")], "scaled")
+    x = b.conv_bn_relu(x, channels, widths[0], 2, "stage0.down")
+    x = b.conv_bn_relu(x, widths[0], widths[1], 2, "stage1.down")
+    c_in = widths[1]
+    for i, width in enumerate(widths[2:], start=2):
+        halve_width = 4 * 2 ** (i - 1) <= step_width
+        x = b.conv_bn_relu(x, c_in, width, (2, 2 if halve_width else 1), f"stage{i}.down")
+        x = b.conv_bn_relu(x, width, width, 1, f"stage{i}.conv")
+        c_in = width
+    x = b.op("ReduceMean", [x], "rows_mean", axes=[2], keepdims=1)  # (N, C, 1, T)
+    w = b.rng.normal(0.0, np.sqrt(2.0 / (c_in * 3)), (c_in, c_in, 1, 3)).astype(np.float32)
+    x = b.op("Conv", [x, b.const(w, name="context.weight"), b.const(np.zeros(c_in, np.float32),
+                                                                      name="context.bias")],
+             "context.conv", kernel_shape=[1, 3], pads=[0, 1, 0, 1])
+    x = b.op("Relu", [x], "context.relu")
+    w = b.rng.normal(0.0, np.sqrt(1.0 / c_in), (num_classes, c_in, 1, 1)).astype(np.float32)
+    scores = b.op("Conv", [x, b.const(w, name="classifier.weight"), b.const(np.zeros(num_classes, np.float32),
+                                                                           name="classifier.bias")],
+                  "classifier.out", kernel_shape=[1, 1])
+    b.op("Squeeze", [scores, b.const(np.array([2], np.int64), name="row_axis")], name="logits")
+    b.output("logits", ["N", num_classes, "T"])
     model = new_model(graph)
     onnx.checker.check_model(model, full_check=True)
     return model

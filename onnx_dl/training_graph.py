@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
-from . import batch_axis, foreign, losses, rewrites
+from . import batch_axis, ctc, foreign, losses, rewrites
 from . import graph as g
 from . import score_head
 from .onnx_builder import GraphBuilder
@@ -132,6 +132,31 @@ def multi_label_classification(forward: onnx.ModelProto, image_dims: tuple[int, 
               ("bce_normalizer", [], TensorProto.FLOAT)]
     return _one_loss(forward, image_dims, inputs, trainable, "loss_binary_cross_entropy",
                      lambda b: losses.binary_cross_entropy(b, logits, "targets", "class_weights", "bce_normalizer"))
+
+
+CTC_INPUTS = ("ctc_skip", "ctc_start", "ctc_end", "ctc_onehot", "ctc_normalizer")
+
+
+def ocr_recognition(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int, steps: int,
+                    logits: str, steps_first: bool, trainable: list[str] | None = None) -> TrainingGraph:
+    """Training graph of a word recogniser: the CTC loss on the per-step class scores ``logits``
+    ((N, K, T), or (N, T, K) when ``steps_first``; :func:`onnx_dl.ctc.ctc_loss`) + weight prior.
+
+    Inputs per chunk: the image (N, C, H, W); ``ctc_skip``, ``ctc_start``, ``ctc_end`` (N, S) and
+    ``ctc_onehot`` (N, S, K) from :func:`onnx_dl.ctc.label_tensors` (S = 2T + 1); ``ctc_normalizer``
+    (the number of words of the step); ``weight_prior``.
+    """
+    positions = 2 * steps + 1
+    inputs = [(CTC_INPUTS[0], ["N", positions], TensorProto.FLOAT), (CTC_INPUTS[1], ["N", positions], TensorProto.FLOAT),
+              (CTC_INPUTS[2], ["N", positions], TensorProto.FLOAT),
+              (CTC_INPUTS[3], ["N", positions, num_classes], TensorProto.FLOAT), (CTC_INPUTS[4], [], TensorProto.FLOAT)]
+
+    def loss(b: GraphBuilder) -> str:
+        scores = b.op("Transpose", [logits], "ctc_scores_nkt", perm=[0, 2, 1]) if steps_first else logits
+        skip, start, end, onehot, normalizer = CTC_INPUTS
+        return ctc.ctc_loss(b, scores, steps, onehot, skip, start, end, normalizer)
+
+    return _one_loss(forward, image_dims, inputs, trainable, "loss_ctc", loss)
 
 
 POSITIVE_NORMALIZER = "positive_normalizer"

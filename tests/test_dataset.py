@@ -102,6 +102,12 @@ def test_synthetic_datasets_read_back_to_what_was_generated(tmp_path: Path, kind
             assert sorted(names[i] for i in ours["image_label_ids"]) == sorted(
                 synthetic.SHAPES[i] for i in original["image_label_ids"])
             np.testing.assert_allclose(ours["image"], np.clip(np.rint(original["image"] + 127), 0, 255))
+    elif kind == "ocr_recognition":  # size: the width; word images a quarter as high
+        generated = synthetic.word_samples(8, 32, 8, 5)
+        assert [s["word"] for s in samples] == [s["word"] for s in generated]
+        for ours, original in zip(samples, generated):
+            np.testing.assert_allclose(ours["image"].reshape(8, 32), np.clip(np.rint(original["image"][:, :, 0] + 127),
+                                                                            0, 255))
     else:
         generated = synthetic.segmentation_samples(8, 32, 5)
         for ours, original in zip(samples, generated):

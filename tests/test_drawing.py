@@ -221,3 +221,5 @@ def test_summary_of_every_type() -> None:
     assert boxes == {"boxes": [{"class_id": 2, "class_name": "square", "confidence": 0.5, "row1": 1.23,
                                 "col1": 2.0, "row2": 5.0, "col2": 6.0}]}
     assert json.dumps(boxes)
+    word = cli._summary({"word": "AB12", "word_confidence": 0.876543, "char_candidates": []}, params)
+    assert word == {"word": "AB12", "word_confidence": 0.8765}

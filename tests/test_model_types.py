@@ -15,7 +15,8 @@ from onnx_dl import model_type, params
 from onnx_dl.evaluation import evaluate_dl_model, main_measure
 from onnx_dl.tasks import classification
 
-SIZES = {"classification": 32, "segmentation": 32, "detection": 64, "multi_label_classification": 48}
+SIZES = {"classification": 32, "segmentation": 32, "detection": 64, "multi_label_classification": 48,
+         "ocr_recognition": 128}  # ocr_recognition: the width; word images are a quarter as high
 
 
 def _model(kind: model_type.ModelType) -> dl.DLModel:
@@ -27,12 +28,16 @@ def _model(kind: model_type.ModelType) -> dl.DLModel:
         return dl.create_dl_model_multi_label_classification(kind.CLI_NETWORK, [0, 1, 2, 3],
                                                              {"image_dimensions": [size, size, 3]})
     model = dl.read_dl_model(kind.CLI_NETWORK, type=kind.NAME)
+    if kind.NAME == "ocr_recognition":
+        dl.set_dl_model_param(model, "image_dimensions", [size, size // 4, 1])
+        return model
     dl.set_dl_model_param(model, "image_dimensions", [size, size, 3])
     return model
 
 
 def test_the_built_in_types_are_registered_in_order() -> None:
-    assert model_type.names() == ["classification", "segmentation", "detection", "multi_label_classification"]
+    assert model_type.names() == ["classification", "segmentation", "detection", "multi_label_classification",
+                                  "ocr_recognition"]
 
 
 @pytest.mark.parametrize("kind", model_type.registered(), ids=model_type.names())

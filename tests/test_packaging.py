@@ -60,7 +60,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bundled_networks_come_from_models_folder() -> None:
-    assert BUNDLED == ["classifier_compact.onnx", "segmentation_compact.onnx"]
+    assert BUNDLED == ["classifier_compact.onnx", "ocr_recognition_compact.onnx", "segmentation_compact.onnx"]
     assert not (ROOT / "onnx_dl" / "models").exists(), "the bundled networks live in the top-level models/"
     assert dl.bundled_models() == [name[:-5] for name in BUNDLED]
 

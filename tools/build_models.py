@@ -28,6 +28,13 @@ BUNDLED = {
          "image_range_min": -127.0, "image_range_max": 128.0, "batch_size": 4, "learning_rate": 0.001,
          "momentum": 0.9, "weight_prior": 0.0001, "solver_type": "adam"},
     ),
+    "ocr_recognition_compact": (
+        nets.ocr_recognition_compact(num_classes=37, channels=1),
+        {"type": "ocr_recognition", "image_width": 128, "image_height": 32, "image_num_channels": 1,
+         "image_range_min": -127.0, "image_range_max": 128.0, "batch_size": 16, "learning_rate": 0.001,
+         "momentum": 0.9, "weight_prior": 0.0, "solver_type": "adam",
+         "alphabet": list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")},
+    ),
 }
 
 
