@@ -14,7 +14,10 @@ confidence (the area under the step precision-recall curve; tied confidences cou
 threshold), its mean over classes present; precision, recall and F1 at ``min_confidence``.
 Detection (COCO): per class and IoU threshold, detections by descending confidence are matched
 greedily to ground-truth boxes (each at most once, IoU >= threshold); AP is the 101-point
-interpolated area under the precision-recall curve; classes without ground truth are left out.
+interpolated area under the precision-recall curve; classes without ground truth are left out. Area
+ranges ignore the boxes outside them (and detections outside them that match none) and
+``max_num_detections`` keeps the best detections of each image and class, as pycocotools does;
+HALCON's ``mean_ap`` is the mean over IoU 0.5:0.95.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .boxes import checked_boxes, iou_matrix
+from .box_types import RECTANGLE1, BoxType
 from .errors import DLSampleError
 from .samples import id_lookup, label_sets
 
@@ -207,36 +210,57 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(envelope[first[reached]].sum() / RECALL_POINTS.size)
 
 
-def _boxes_of(entry: dict[str, Any], index: int, what: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _boxes_of(entry: dict[str, Any], index: int, what: str, label_key: str,
+              box_type: BoxType = RECTANGLE1) -> tuple[np.ndarray, np.ndarray]:
     """(G, 4) boxes and (G,) labels of one sample or result (:func:`onnx_dl.boxes.checked_boxes`; a result's
     boxes may be empty in extent)."""
-    return checked_boxes(entry, index, label_key, what, positive_size=False)
+    return box_type.checked(entry, index, label_key, what, positive_size=False)
 
 
-def _true_positives(boxes: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """(T, D) whether each detection (already by descending confidence) matches a ground-truth box.
+def _true_positives(boxes: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
+                    gt_ignored: np.ndarray | None = None, box_type: BoxType = RECTANGLE1) -> np.ndarray:
+    """(T, D) whether each detection (already by descending confidence) matches a ground-truth box:
+    1 a box, 0 none, -1 an ignored box (``gt_ignored``, e.g. outside the area range; such a detection
+    counts neither as a true nor as a false positive).
 
-    COCO's greedy rule per threshold t: a detection takes the unmatched box of highest IoU >= t.
+    COCO's greedy rule per threshold t: a detection takes the unmatched box of highest IoU >= t,
+    a box that is not ignored before an ignored one (pycocotools' ``evaluateImg``).
     """
-    hits = np.zeros((len(thresholds), len(boxes)), bool)
+    hits = np.zeros((len(thresholds), len(boxes)), np.int8)
     if len(gt_boxes) == 0:
         return hits
-    iou = iou_matrix(boxes, gt_boxes)
+    iou = box_type.iou(boxes, gt_boxes)
+    ignored = np.zeros(len(gt_boxes), bool) if gt_ignored is None else np.asarray(gt_ignored, bool)
+    rank_bonus = np.where(ignored, 0.0, 2.0)  # IoU <= 1: any box kept outranks every ignored one
     taken = np.zeros((len(thresholds), len(gt_boxes)), bool)
     for detection, overlaps in enumerate(iou):  # sequential: earlier detections take boxes first
         allowed = ~taken & (overlaps[None, :] >= thresholds[:, None])
-        best = np.where(allowed, overlaps[None, :], -1.0).argmax(axis=1)
+        best = np.where(allowed, (overlaps + rank_bonus)[None, :], -1.0).argmax(axis=1)
         hit = allowed.any(axis=1)
         taken[hit, best[hit]] = True
-        hits[:, detection] = hit
+        hits[:, detection] = np.where(hit, np.where(ignored[best], -1, 1), 0)
     return hits
 
 
+def _box_areas(boxes: np.ndarray) -> np.ndarray:
+    """(row2 - row1) * (col2 - col1) of (N, 4) boxes, 4 * length1 * length2 of oriented (N, 5) ones: the
+    area COCO's area ranges compare."""
+    if boxes.shape[1] == 5:
+        return 4.0 * boxes[:, 2] * boxes[:, 3]
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
 def _ranked_hits(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-                 thresholds: tuple[float, ...]) -> tuple[list[np.ndarray | None], np.ndarray]:
+                 thresholds: tuple[float, ...], max_detections: int | None = None,
+                 area_range: tuple[float, float] | None = None, box_type: BoxType = RECTANGLE1
+                 ) -> tuple[list[np.ndarray | None], np.ndarray]:
     """Per class, (T, D) whether each of its detections (over all images, by descending confidence)
-    matches a ground-truth box at each IoU threshold (None for a class without detections), and the
-    ground-truth box count per class."""
+    matches a ground-truth box at each IoU threshold (1 / 0, -1 ignored: :func:`_true_positives`; None
+    for a class without detections), and the ground-truth box count per class (ignored boxes left out).
+
+    ``max_detections``: only the best of each image and class count (pycocotools' ``maxDets``).
+    ``area_range`` (min, max): boxes whose area lies outside are ignored, and so are detections outside
+    it that match no box (pycocotools' ``areaRng``)."""
     _check_lengths(results, samples)
     position = {cid: i for i, cid in enumerate(class_ids)}
     limits = np.asarray(thresholds, np.float64)
@@ -244,8 +268,8 @@ def _ranked_hits(results: list[dict[str, Any]], samples: list[dict[str, Any]], c
     hits: list[list[np.ndarray]] = [[] for _ in class_ids]
     gt_count = np.zeros(len(class_ids), np.int64)
     for index, (result, sample) in enumerate(zip(results, samples)):
-        gt_boxes, gt_labels = _boxes_of(sample, index, "sample", "bbox_label_id")
-        boxes, labels = _boxes_of(result, index, "result", "bbox_class_id")
+        gt_boxes, gt_labels = _boxes_of(sample, index, "sample", "bbox_label_id", box_type)
+        boxes, labels = _boxes_of(result, index, "result", "bbox_class_id", box_type)
         confidence = np.asarray(result.get("bbox_confidence", []), np.float64).reshape(-1)
         if len(confidence) != len(boxes):
             raise DLSampleError(f"result {index}: expected {len(boxes)} bbox_confidence values, got {len(confidence)}")
@@ -255,10 +279,17 @@ def _ranked_hits(results: list[dict[str, Any]], samples: list[dict[str, Any]], c
                 raise DLSampleError(f"{what} {index}, key {key!r}: expected ids in class_ids {class_ids}, got {unknown}")
         for cid in {int(i) for i in gt_labels} | {int(i) for i in labels}:
             k, mine = position[cid], labels == cid
-            order = np.argsort(-confidence[mine], kind="stable")
-            gt_count[k] += int((gt_labels == cid).sum())
+            order = np.argsort(-confidence[mine], kind="stable")[:max_detections]
+            theirs = gt_boxes[gt_labels == cid]
+            outside = np.zeros(len(theirs), bool) if area_range is None else \
+                ~((_box_areas(theirs) >= area_range[0]) & (_box_areas(theirs) <= area_range[1]))
+            gt_count[k] += int((~outside).sum())
             confidences[k].append(confidence[mine][order])
-            hits[k].append(_true_positives(boxes[mine][order], gt_boxes[gt_labels == cid], limits))
+            found = _true_positives(boxes[mine][order], theirs, limits, outside, box_type)
+            if area_range is not None:
+                area = _box_areas(boxes[mine][order])
+                found[(found == 0) & ((area < area_range[0]) | (area > area_range[1]))[None, :]] = -1
+            hits[k].append(found)
     ranked: list[np.ndarray | None] = []
     for k in range(len(class_ids)):
         if not confidences[k]:
@@ -270,26 +301,29 @@ def _ranked_hits(results: list[dict[str, Any]], samples: list[dict[str, Any]], c
 
 
 def _ap_table(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-              thresholds: tuple[float, ...]) -> np.ndarray:
-    """(T, K) AP per IoU threshold and class; NaN for classes without ground-truth boxes."""
-    ranked, gt_count = _ranked_hits(results, samples, class_ids, thresholds)
+              thresholds: tuple[float, ...], max_detections: int | None = None,
+              area_range: tuple[float, float] | None = None, box_type: BoxType = RECTANGLE1) -> np.ndarray:
+    """(T, K) AP per IoU threshold and class; NaN for classes without ground-truth boxes (in the area
+    range); ignored detections count neither way (:func:`_ranked_hits`)."""
+    ranked, gt_count = _ranked_hits(results, samples, class_ids, thresholds, max_detections, area_range, box_type)
     table = np.full((len(thresholds), len(class_ids)), np.nan)
     for k in np.nonzero(gt_count)[0]:
         if ranked[k] is None:
             table[:, k] = 0.0
             continue
-        true_positive = ranked[k].cumsum(axis=1)
-        precision = true_positive / np.arange(1, true_positive.shape[1] + 1)
+        true_positive = (ranked[k] == 1).cumsum(axis=1)
+        counted = (ranked[k] >= 0).cumsum(axis=1)
+        precision = true_positive / np.maximum(counted, 1)
         for t in range(len(thresholds)):
             table[t, k] = average_precision(true_positive[t] / gt_count[k], precision[t])
     return table
 
 
 def detection_pr_curves(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-                        iou: float = 0.5) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                        iou: float = 0.5, box_type: BoxType = RECTANGLE1) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per class with ground-truth boxes, (recall, precision) after each detection by descending
     confidence, matched at ``iou`` as :func:`mean_average_precision` matches them."""
-    ranked, gt_count = _ranked_hits(results, samples, class_ids, (iou,))
+    ranked, gt_count = _ranked_hits(results, samples, class_ids, (iou,), box_type=box_type)
     curves = {}
     for k, cid in enumerate(class_ids):
         if gt_count[k] and ranked[k] is not None:
@@ -317,7 +351,8 @@ def _mean_over_present(values: np.ndarray) -> float:
 
 
 def mean_average_precision(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
-                           iou_thresholds: tuple[float, ...] | list[float] = (0.5,)) -> dict[str, Any]:
+                           iou_thresholds: tuple[float, ...] | list[float] = (0.5,),
+                           box_type: BoxType = RECTANGLE1) -> dict[str, Any]:
     """COCO mean average precision of ``apply_dl_model`` detections against the samples' boxes.
 
     Per class c and threshold t: AP(c, t) by :func:`average_precision` over the detections of all
@@ -326,20 +361,134 @@ def mean_average_precision(results: list[dict[str, Any]], samples: list[dict[str
     ``mean_ap`` = mean of AP(c, t) over every t and every class with ground-truth boxes (NaN if
     there are none); ``ap_per_class`` = the mean over t per class id (NaN without ground truth).
     Results use the keys bbox_row1, bbox_col1, bbox_row2, bbox_col2, bbox_class_id,
-    bbox_confidence; samples bbox_row1, ..., bbox_label_id.
+    bbox_confidence; samples bbox_row1, ..., bbox_label_id. ``box_type``
+    (:func:`onnx_dl.box_types.of_params`) gives the keys and the IoU of other boxes: oriented boxes
+    (bbox_row, bbox_col, bbox_length1, bbox_length2, bbox_phi) are matched by their exact IoU.
     """
-    table = _ap_table(results, samples, class_ids, tuple(iou_thresholds))
+    table = _ap_table(results, samples, class_ids, tuple(iou_thresholds), box_type=box_type)
     per_class = table.mean(axis=0)
     return {"mean_ap": _mean_over_present(per_class),
             "ap_per_class": {cid: float(v) for cid, v in zip(class_ids, per_class)}}
 
 
-def detection_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]],
-                       class_ids: list[int]) -> dict[str, Any]:
-    """``map_50`` (mean AP at IoU 0.5), ``map_50_95`` (mean over IoU 0.5, 0.55, ..., 0.95), and per
-    class id ``ap_50_per_class`` and ``ap_50_95_per_class``; definitions of :func:`mean_average_precision`."""
-    table = _ap_table(results, samples, class_ids, COCO_IOU_THRESHOLDS)
+COCO_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+"""COCO's box-area ranges in pixels (pycocotools' ``areaRng``; bounds inclusive): :func:`detection_measures`'s
+``area_ranges``. HALCON's default evaluates ``'all'`` only (0 .. 2e8)."""
+
+
+def iou_key(threshold: float) -> str:
+    """HALCON's key of the AP at one IoU threshold: ``ap_iou_`` and the threshold without its dot
+    (0.5 -> ``ap_iou_05``, 0.55 -> ``ap_iou_055``)."""
+    return "ap_iou_" + f"{threshold:.2f}".rstrip("0").replace(".", "")
+
+
+def detection_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
+                       max_num_detections: tuple[int, ...] | list[int] = (-1,),
+                       area_ranges: dict[str, tuple[float, float]] | None = None,
+                       box_type: BoxType = RECTANGLE1) -> dict[str, Any]:
+    """COCO / HALCON detection measures; definitions of :func:`mean_average_precision` at IoU 0.5, 0.55,
+    ..., 0.95 (:data:`COCO_IOU_THRESHOLDS`).
+
+    HALCON's nested result: ``result['max_num_detections_<n>']['area_<name>']`` (``n`` = ``all`` for
+    -1, else only the ``n`` most confident detections of each image and class count) holds ``mean_ap``
+    (mean over the IoU thresholds and the classes with ground truth in the range), ``ap_iou_05``,
+    ``ap_iou_055``, ..., ``ap_iou_095`` (mean over classes at one threshold, :func:`iou_key`) and
+    ``mean_iou_ap`` (per class id, the mean over the thresholds). ``area_ranges`` maps a name to
+    (min, max) box area in pixels (default ``{'all': (0, 1e10)}``; :data:`COCO_AREA_RANGES` has COCO's
+    small / medium / large): boxes outside the range are ignored, and so are detections outside it that
+    match no box (pycocotools' rule).
+
+    Flat keys, from the first level and ``area_all`` (else the first range): ``mean_ap`` (HALCON's
+    comparison key, = ``map_50_95``), ``map_50`` (mean AP at IoU 0.5), ``map_50_95``, and per class id
+    ``ap_50_per_class`` and ``ap_50_95_per_class``.
+    """
+    ranges = {"all": COCO_AREA_RANGES["all"]} if area_ranges is None else dict(area_ranges)
+    if not ranges or not list(max_num_detections):
+        raise ValueError("detection_measures: expected at least one max_num_detections level and one area range")
+    nested: dict[str, Any] = {}
+    tables: dict[tuple[str, str], np.ndarray] = {}
+    for level in max_num_detections:
+        level_key = "max_num_detections_" + ("all" if level < 0 else str(int(level)))
+        nested[level_key] = {}
+        for name, bounds in ranges.items():
+            table = _ap_table(results, samples, class_ids, COCO_IOU_THRESHOLDS, None if level < 0 else int(level),
+                              (float(bounds[0]), float(bounds[1])), box_type)
+            tables[level_key, name] = table
+            per_class = table.mean(axis=0)
+            nested[level_key][f"area_{name}"] = {
+                "mean_ap": _mean_over_present(per_class),
+                **{iou_key(t): _mean_over_present(row) for t, row in zip(COCO_IOU_THRESHOLDS, table)},
+                "mean_iou_ap": {cid: float(v) for cid, v in zip(class_ids, per_class)}}
+    first_level = next(iter(nested))
+    table = tables[first_level, "all" if "all" in ranges else next(iter(ranges))]
     per_class = table.mean(axis=0)
-    return {"map_50": _mean_over_present(table[0]), "map_50_95": _mean_over_present(per_class),
+    return {"mean_ap": _mean_over_present(per_class),
+            "map_50": _mean_over_present(table[0]), "map_50_95": _mean_over_present(per_class),
             "ap_50_per_class": {cid: float(v) for cid, v in zip(class_ids, table[0])},
-            "ap_50_95_per_class": {cid: float(v) for cid, v in zip(class_ids, per_class)}}
+            "ap_50_95_per_class": {cid: float(v) for cid, v in zip(class_ids, per_class)},
+            **nested}
+
+
+def score_of_angle_precision(results: list[dict[str, Any]], samples: list[dict[str, Any]], class_ids: list[int],
+                             box_type: BoxType, iou: float = 0.5) -> float:
+    """HALCON's ``soap`` (score of angle precision) of oriented detections, our reading of its definition:
+
+        SoAP = 1 - (1 / N) sum_i |normalize_angle(phi_I,i - phi_GT,i)| / pi
+
+    over the N true positives at IoU ``iou`` (each detection matched as :func:`mean_average_precision`
+    matches, per image and class by descending confidence); the angle difference wraps to (-pi, pi], or
+    to (-pi/2, pi/2] with ``ignore_direction``. 1 is a perfect orientation; NaN without true positives.
+    """
+    from .rotated_boxes import normalize_angle
+
+    _check_lengths(results, samples)
+    gaps: list[float] = []
+    for index, (result, sample) in enumerate(zip(results, samples)):
+        gt_boxes, gt_labels = _boxes_of(sample, index, "sample", "bbox_label_id", box_type)
+        boxes, labels = _boxes_of(result, index, "result", "bbox_class_id", box_type)
+        confidence = np.asarray(result.get("bbox_confidence", []), np.float64).reshape(-1)
+        for cid in set(int(i) for i in labels) & set(int(i) for i in gt_labels):
+            mine, theirs = np.nonzero(labels == cid)[0], gt_boxes[gt_labels == cid]
+            mine = mine[np.argsort(-confidence[mine], kind="stable")]
+            overlaps, taken = box_type.iou(boxes[mine], theirs), np.zeros(len(theirs), bool)
+            for row, detection in enumerate(mine):
+                allowed = ~taken & (overlaps[row] >= iou)
+                if allowed.any():
+                    best = int(np.where(allowed, overlaps[row], -1.0).argmax())
+                    taken[best] = True
+                    gap = normalize_angle(boxes[detection, 4] - theirs[best, 4], box_type.ignore_direction)
+                    gaps.append(abs(float(gap)))
+    return 1.0 - float(np.mean(gaps)) / np.pi if gaps else float("nan")
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions of single characters
+    that turn ``a`` into ``b``."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def ocr_recognition_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Word recognition measures of results ``word`` against the samples' ``word``:
+
+    * ``word_accuracy`` = share of words recognised exactly;
+    * ``character_error_rate`` = sum_n edit_distance(result_n, word_n) / sum_n len(word_n) (NaN when every
+      ground-truth word is empty);
+    * ``num_words``: the number of samples.
+    """
+    _check_lengths(results, samples)
+    exact = errors = characters = 0
+    for result, sample in zip(results, samples):
+        found, truth = str(result["word"]), str(sample["word"])
+        exact += found == truth
+        errors += edit_distance(found, truth)
+        characters += len(truth)
+    return {"word_accuracy": exact / len(samples),
+            "character_error_rate": errors / characters if characters else float("nan"),
+            "num_words": len(samples)}

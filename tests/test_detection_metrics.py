@@ -147,14 +147,13 @@ def random_case(seed: int) -> tuple[list[dict], list[dict]]:
     return results, samples
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_agrees_with_pycocotools(seed):
+def coco_evaluation(results: list[dict], samples: list[dict], categories: int):
+    """pycocotools' COCOeval (bbox) of the results, after evaluate and accumulate (printing silenced)."""
     coco_module = pytest.importorskip("pycocotools.coco")
     cocoeval_module = pytest.importorskip("pycocotools.cocoeval")
-    results, samples = random_case(seed)
     images, annotations, detections = [], [], []
     for image_id, (r, s) in enumerate(zip(results, samples)):
-        images.append({"id": image_id, "width": 200, "height": 200})
+        images.append({"id": image_id, "width": 400, "height": 400})
         for row1, col1, row2, col2, label in zip(s["bbox_row1"], s["bbox_col1"], s["bbox_row2"], s["bbox_col2"],
                                                  s["bbox_label_id"]):
             width, height = col2 - col1, row2 - row1
@@ -167,13 +166,80 @@ def test_agrees_with_pycocotools(seed):
     with contextlib.redirect_stdout(io.StringIO()):
         truth = coco_module.COCO()
         truth.dataset = {"images": images, "annotations": annotations,
-                         "categories": [{"id": c, "name": str(c)} for c in range(3)]}
+                         "categories": [{"id": c, "name": str(c)} for c in range(categories)]}
         truth.createIndex()
         evaluation = cocoeval_module.COCOeval(truth, truth.loadRes(detections), "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
+    return evaluation
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_pycocotools(seed):
+    results, samples = random_case(seed)
+    evaluation = coco_evaluation(results, samples, 3)
     ours = detection_measures(results, samples, [0, 1, 2])
     assert ours["map_50_95"] == pytest.approx(evaluation.stats[0], abs=1e-6)
     assert ours["map_50"] == pytest.approx(evaluation.stats[1], abs=1e-6)
     assert 0.1 < ours["map_50"] < 0.99  # a case with real misses and false positives
+
+
+def crowded_case(seed: int) -> tuple[list[dict], list[dict]]:
+    """Images of 0 to 12 boxes from 3 to 160 pixels a side (COCO's small, medium and large areas), each
+    found by several scored detections, plus false ones: max_num_detections 1 and 10 cut real hits."""
+    rng = np.random.default_rng(seed)
+    samples, results = [], []
+    for _ in range(10):
+        count = int(rng.integers(0, 13))
+        corner, extent = rng.uniform(0, 200, (count, 2)), np.exp(rng.uniform(np.log(3), np.log(160), (count, 2)))
+        boxes = np.concatenate([corner, corner + extent], axis=1)
+        labels = rng.integers(0, 3, count)
+        samples.append(sample(boxes.tolist(), labels.tolist()))
+        copies = rng.integers(0, 5, count)
+        found = np.repeat(boxes, copies, axis=0)
+        found = found + rng.normal(0, 1, found.shape) * np.repeat(extent, copies, axis=0).repeat(2, axis=1) * 0.04
+        found[:, 2:] = np.maximum(found[:, 2:], found[:, :2] + 1)
+        false = int(rng.integers(0, 6))
+        corner = rng.uniform(0, 200, (false, 2))
+        det = np.concatenate([found, np.concatenate([corner, corner + rng.uniform(2, 120, (false, 2))], axis=1)])
+        det_labels = np.concatenate([np.repeat(labels, copies), rng.integers(0, 3, false)])
+        results.append(result(det.tolist(), det_labels.tolist(), rng.random(len(det)).tolist()))
+    return results, samples
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_area_ranges_and_detection_levels_agree_with_pycocotools(seed):
+    """HALCON's nested keys (max_num_detections_<n> / area_<name>: mean_ap, ap_iou_*) equal COCOeval's
+    precision table for every area range (all, small, medium, large) and maxDets 1, 10, 100, to 1e-6."""
+    from onnx_dl.measures import COCO_AREA_RANGES, iou_key
+
+    results, samples = crowded_case(seed)
+    evaluation = coco_evaluation(results, samples, 3)
+    precision = evaluation.eval["precision"]  # (T, R, K, A, M): IoU, recall point, class, area, maxDets
+    ours = detection_measures(results, samples, [0, 1, 2], max_num_detections=(1, 10, 100),
+                              area_ranges=COCO_AREA_RANGES)
+    compared = 0
+    for a, area in enumerate(["all", "small", "medium", "large"]):
+        for m, level in enumerate([1, 10, 100]):
+            entry = ours[f"max_num_detections_{level}"][f"area_{area}"]
+            table = precision[:, :, :, a, m]
+            assert (table > -1).any(), (area, level)  # every range holds boxes in these cases
+            assert entry["mean_ap"] == pytest.approx(np.mean(table[table > -1]), abs=1e-6), (area, level)
+            for t, threshold in enumerate(COCO_IOU_THRESHOLDS):
+                row = table[t]
+                assert entry[iou_key(threshold)] == pytest.approx(np.mean(row[row > -1]), abs=1e-6)
+                compared += 1
+    assert compared == 120
+    flat = detection_measures(results, samples, [0, 1, 2])
+    assert flat["mean_ap"] == flat["map_50_95"] == flat["max_num_detections_all"]["area_all"]["mean_ap"]
+    assert flat["mean_ap"] == pytest.approx(evaluation.stats[0], abs=1e-6)  # maxDets 100 cuts nothing here
+    assert ours["max_num_detections_1"]["area_all"]["mean_ap"] < flat["mean_ap"]  # the level cuts hits
+
+
+def test_halcon_iou_keys():
+    from onnx_dl.measures import iou_key
+
+    assert [iou_key(t) for t in COCO_IOU_THRESHOLDS] == [
+        "ap_iou_05", "ap_iou_055", "ap_iou_06", "ap_iou_065", "ap_iou_07", "ap_iou_075", "ap_iou_08", "ap_iou_085",
+        "ap_iou_09", "ap_iou_095"]

@@ -110,7 +110,7 @@ def test_loop_runs_for_every_model_type(tmp_path: Path, kind: str) -> None:
     dl.set_dl_model_param(model, "batch_size", 4)
     result = training.train_dl_model(model, dataset, epochs=1, augment=True, output_dir=tmp_path / "run",
                                      progress=False)
-    name = "mean_iou" if kind == "segmentation" else "map_50"
+    name = "mean_iou" if kind == "segmentation" else "mean_ap"  # detection: HALCON's key, IoU 0.5:0.95
     assert result.history and 0.0 <= result.history[0][name] <= 1.0
     assert (tmp_path / "run" / "best_model.onnx").exists()
 
