@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -16,9 +17,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from . import box_types, model_type
 from . import dataset as ds
-from . import model_type
-from .boxes import BOX_KEYS
 from .errors import DLError
 from .evaluation import evaluate_with_results
 from .model import DLModel
@@ -61,7 +61,13 @@ def _model_for(dataset: dict[str, Any], args: argparse.Namespace) -> DLModel:
     if kind == "detection":  # a detector is built on a classifier backbone
         model = create_dl_model_detection(source, len(dataset["class_ids"]), {
             "image_width": size, "image_height": size, "class_ids": dataset["class_ids"],
-            "class_names": dataset["class_names"]})
+            "class_names": dataset["class_names"], **_oriented_settings(dataset)})
+    elif kind == "ocr_recognition":  # the dataset's alphabet; word images size x size // 4
+        model = read_dl_model(source, type=None if source in bundled else kind)
+        set_dl_model_param(model, "alphabet", dataset["alphabet"])
+        if args.image_size or source in bundled:
+            channels = get_dl_model_param(model, "image_num_channels")
+            set_dl_model_param(model, "image_dimensions", [size, size // 4, channels])
     elif kind == "multi_label_classification":
         model = create_dl_model_multi_label_classification(source, dataset["class_ids"], {
             "class_names": dataset["class_names"], "image_dimensions": [size, size, 3]})
@@ -78,6 +84,30 @@ def _model_for(dataset: dict[str, Any], args: argparse.Namespace) -> DLModel:
     return model
 
 
+def _oriented_settings(dataset: dict[str, Any]) -> dict[str, Any]:
+    """Detector parameters for a dataset of oriented boxes (``instance_type`` 'rectangle2', e.g. DOTA):
+    anchors every 30 degrees over half a turn with ``ignore_direction``, else every 45 degrees over a whole
+    turn, aspect ratios (length1 / length2) 1 and 2; nothing for axis-parallel boxes."""
+    first = dataset["samples"][0] if dataset.get("samples") else {}
+    if dataset.get("instance_type") != "rectangle2" and "bbox_phi" not in first:
+        return {}
+    ignore = bool(dataset.get("ignore_direction", False))
+    angles = [k * math.pi / 6 for k in range(-2, 4)] if ignore else [k * math.pi / 4 for k in range(-3, 5)]
+    return {"instance_type": "rectangle2", "ignore_direction": ignore, "anchor_angles": angles,
+            "anchor_aspect_ratios": [1.0, 2.0]}
+
+
+def _runner(model: DLModel, args: argparse.Namespace) -> Any:
+    """With ``--workers K``: a data-parallel runner over K Ray workers, each step K chunks of
+    ``--batch-size`` (``batch_size_multiplier`` K), one per worker."""
+    if args.workers is None:
+        return None
+    from .distributed import DataParallel
+
+    set_dl_model_param(model, "batch_size_multiplier", args.workers)
+    return DataParallel(model, args.workers, args.ray_address)
+
+
 def train(args: argparse.Namespace) -> int:
     """Train on a dataset (default: generated shapes); keep the best model by the validation measure."""
     from .training import train_dl_model
@@ -88,8 +118,13 @@ def train(args: argparse.Namespace) -> int:
     run.mkdir(parents=True, exist_ok=True)
     print(f"training {model!r} on {len(ds.split_indices(dataset, 'train'))} samples for {args.epochs} epochs; "
           f"writing {run}", flush=True)
-    result = train_dl_model(model, dataset, epochs=args.epochs, schedule=args.schedule, augment=args.augment,
-                            output_dir=run, seed=args.seed, progress=not args.quiet)
+    runner = _runner(model, args)  # None: this process trains alone
+    try:
+        result = train_dl_model(model, dataset, epochs=args.epochs, schedule=args.schedule, augment=args.augment,
+                                output_dir=run, seed=args.seed, progress=not args.quiet, runner=runner)
+    finally:
+        if runner is not None:
+            runner.shutdown()
     for row in result.history:
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     state = "interrupted; " if result.interrupted else ""
@@ -144,11 +179,14 @@ def apply(args: argparse.Namespace) -> int:
 
 def _summary(result: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """A printable result with class ids (ints) and names: the best class (classification), the classes
-    present (multi-label), the pixels per class (segmentation, keys ``"<id> <name>"``) or the boxes
-    (detection, in the result's order; coordinates to 2 decimals, confidences to 4)."""
+    present (multi-label), the pixels per class (segmentation, keys ``"<id> <name>"``), the boxes
+    (detection, in the result's order; coordinates to 2 decimals, confidences to 4) or the word and its
+    confidence (word recognition)."""
     from . import drawing
 
     kind, _ = drawing.annotation_kind(result, params)
+    if kind == "ocr_recognition":
+        return {"word": result["word"], "word_confidence": round(float(result["word_confidence"]), 4)}
     if kind == "multi_label_classification":  # every class at or above min_confidence, best first
         return {"classes": [{"id": int(i), "name": str(n), "confidence": round(float(c), 4)} for i, n, c in
                             zip(result["classification_class_ids"], result["classification_class_names"],
@@ -167,7 +205,9 @@ def _summary(result: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         box = {"class_id": int(cid),
                "class_name": str(names[k]) if names is not None else drawing.class_name(int(cid), params),
                "confidence": round(float(confidence), 4)}
-        boxes.append({**box, **{key.removeprefix("bbox_"): round(float(result[key][k]), 2) for key in BOX_KEYS}})
+        keys = box_types.of_params(params).keys
+        boxes.append({**box, **{key.removeprefix("bbox_"): round(float(result[key][k]), 4 if key == "bbox_phi" else 2)
+                                for key in keys}})
     return {"boxes": boxes}
 
 
@@ -231,6 +271,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--output", default="runs", help="folder for runs/<timestamp>/")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--workers", type=int, default=None, metavar="K",
+                   help="data-parallel on K Ray workers: each step K chunks of --batch-size (needs onnx_dl[ray])")
+    t.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (default: the running one, else a local one)")
     t.set_defaults(run=train)
     e = commands.add_parser("evaluate", help="report a model's measures on a dataset split")
     e.add_argument("model")

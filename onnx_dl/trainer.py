@@ -49,7 +49,8 @@ class Trainer:
                                     step=solver_steps)
         self.running = {name: np.array(value, np.float32) for name, value in running_stats.items()}
 
-    def _check_batchnorm_size(self, chunk_size: int) -> None:
+    def check_batchnorm_size(self, chunk_size: int) -> None:
+        """Raise unless every batch norm sees more than one value per channel in a chunk of ``chunk_size``."""
         for bn in self.graph.batchnorms:
             values = chunk_size * self.graph.bn_elements.get(bn.node, 0)
             if values == 1:
@@ -64,32 +65,52 @@ class Trainer:
         With ``update`` False the losses are computed and nothing changes (a step without signal).
         """
         chunk_size = len(chunks[0][0])
-        self._check_batchnorm_size(chunk_size)
-        solver = self.solver
-        if solver.kind != params["solver_type"]:  # a new solver starts from a zero state
-            solver = self.engine.solver(params["solver_type"], self.session, *self._engine)
+        self.check_batchnorm_size(chunk_size)
+        outputs = self.gradients(chunks, params)
         totals = dict.fromkeys(self.graph.losses, 0.0)
-        batch_stats = []
-        try:
-            for index, feeds in enumerate(chunks):
-                prior = np.array(params["weight_prior"] if index == 0 else 0.0, np.float32)
-                outputs = self.session.run([*feeds, prior])
-                self._check_finite(outputs, index, len(chunks))
-                for name in totals:
-                    totals[name] += float(outputs[name])
-                batch_stats.append({bn: (outputs[m], outputs[s]) for bn, (m, s) in self.session.bn_outputs.items()})
-        except BaseException:
-            self.session.reset_grad()  # the next step starts from fresh gradients
-            raise
+        for losses in outputs:
+            for name in totals:
+                totals[name] += losses[name]
         if not update:
             self.session.reset_grad()
             return totals
-        solver.apply(params)
-        self.session.reset_grad()
+        self.apply_gradients(params, [out["batch_stats"] for out in outputs], chunk_size)
+        return totals
+
+    def gradients(self, chunks: list[list[np.ndarray]], params: dict[str, Any], first: int = 0,
+                  count: int | None = None) -> list[dict[str, Any]]:
+        """Forward and backward of ``chunks``, chunks ``first``.. of a step of ``count`` (default: these),
+        their gradients added up in the engine's buffers (discarded on any error; only the step's first
+        chunk carries the weight prior). Per chunk: its losses (floats) and ``batch_stats`` ({bn node:
+        (mean, inv_std)}). Data-parallel workers run this on their share (:mod:`onnx_dl.distributed`)."""
+        count = len(chunks) if count is None else count
+        found = []
+        try:
+            for index, feeds in enumerate(chunks, start=first):
+                prior = np.array(params["weight_prior"] if index == 0 else 0.0, np.float32)
+                outputs = self.session.run([*feeds, prior])
+                self._check_finite(outputs, index, count)
+                found.append({**{name: float(outputs[name]) for name in self.graph.losses},
+                              "batch_stats": {bn: (outputs[m], outputs[s]) for bn, (m, s) in self.session.bn_outputs.items()}})
+        except BaseException:
+            self.session.reset_grad()  # the next step starts from fresh gradients
+            raise
+        return found
+
+    def apply_gradients(self, params: dict[str, Any], batch_stats: list[dict[str, tuple[np.ndarray, np.ndarray]]],
+                        chunk_size: int) -> None:
+        """One solver update from the gradients in the engine's buffers, then fresh buffers and the
+        running statistics from each chunk's ``batch_stats`` in chunk order."""
+        try:
+            solver = self.solver
+            if solver.kind != params["solver_type"]:  # a new solver starts from a zero state
+                solver = self.engine.solver(params["solver_type"], self.session, *self._engine)
+            solver.apply(params)
+        finally:
+            self.session.reset_grad()  # also after a failure: the next step must not add to these gradients
         self.solver = solver
         for stats in batch_stats:
             self._update_running_stats(stats, chunk_size)
-        return totals
 
     def _check_finite(self, outputs: dict[str, np.ndarray], index: int, count: int) -> None:
         bad = [name for name in self.graph.losses if not np.isfinite(outputs[name])]
