@@ -18,6 +18,15 @@ from .errors import (
     DLWarning,
 )
 from .detection_params import determine_dl_model_detection_param
+from .halcon_preprocess import (
+    create_dl_preprocess_param,
+    create_dl_preprocess_param_from_model,
+    gen_dl_samples,
+    preprocess_dl_dataset,
+    preprocess_dl_samples,
+    read_dl_samples,
+)
+from .heatmap import gen_dl_model_heatmap
 from .model import DLModel
 from .operators import (
     apply_dl_model,
@@ -29,6 +38,9 @@ from .operators import (
 )
 from .serialization import bundled_models, read_dl_model, write_dl_model
 from .system import get_system, set_system
+from .evaluation import evaluate_dl_model
+from .train_param import create_dl_train_param
+from .training import train_dl_model
 from .torch_export import export_torch
 from .version import VERSION as __version__
 
@@ -38,6 +50,9 @@ __all__ = [
     "DLRuntimeError", "DLSampleError", "DLWarning",
     "apply_dl_model", "bundled_models", "create_dl_model_detection",
     "create_dl_model_multi_label_classification", "determine_dl_model_detection_param", "export_torch",
+    "create_dl_preprocess_param", "create_dl_preprocess_param_from_model", "gen_dl_model_heatmap", "gen_dl_samples",
+    "preprocess_dl_dataset", "preprocess_dl_samples", "read_dl_samples",
     "get_dl_model_param", "get_system",
     "read_dl_model", "set_dl_model_param", "set_system", "train_dl_model_batch", "write_dl_model",
+    "create_dl_train_param", "evaluate_dl_model", "train_dl_model",
 ]

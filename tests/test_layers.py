@@ -14,7 +14,7 @@ LAYERS = [
     ["params"],
     ["graph"],
     ["losses", "rewrites", "canonical", "batch_axis", "folded_batchnorm", "foreign", "boxes", "rotated_boxes",
-     "anchors", "pool_gradients", "fast_gradients", "samples", "measures", "score_head", "summary"],
+     "box_types", "anchors", "pool_gradients", "fast_gradients", "samples", "measures", "score_head", "summary", "ctc"],
     ["training_graph"],
     ["tasks"],  # the model types (tasks/classification.py, ...), registered by tasks/__init__.py
     ["engine.session"],
@@ -26,7 +26,8 @@ LAYERS = [
     ["tasks.detection_builder", "tasks.multi_label_builder"],
     ["operators"],
     ["evaluation", "dataset", "training", "preprocess", "segmentation", "drawing", "reports",
-     "detection_params"],
+     "detection_params", "heatmap", "halcon_preprocess", "train_param",
+     "distributed"],
     ["cli", "__init__", "__main__"],
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
