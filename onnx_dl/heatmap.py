@@ -81,7 +81,7 @@ def gen_dl_model_heatmap(model: DLModel, samples: dict[str, Any] | Sequence[dict
         results = apply_dl_model(model, batch)
         graph = grad_cam_graph(model.network(), params, layer)
         session = TrainingSession(graph.training, params["runtime"], system.get_system("thread_num"),
-                                  system.get_system("cudnn_deterministic"))
+                                  system.get_system("cudnn_deterministic"), params["gpu"])
         for index, result in enumerate(results):
             class_id = result["classification_class_ids"][0] if target is None else target
             features, gradient = graph.run(session, pixels[index], params["class_ids"].index(class_id))

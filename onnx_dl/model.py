@@ -60,10 +60,20 @@ class DLModel:
         """The value of parameter ``name``."""
         P.spec(name, self._params["type"])
         p = self._params
+        if name in P.SET_ONLY:
+            raise DLParamError(f"parameter {name!r} can only be set (HALCON has no value to read back either)")
         if name == "num_classes":
             return len(p["class_ids"])
-        if name == "image_dimensions":
+        if name in ("image_dimensions", "input_dimensions"):
             return [p["image_width"], p["image_height"], p["image_num_channels"]]
+        if name == "image_size":
+            return [p["image_width"], p["image_height"]]
+        if name == "device":
+            return p["gpu"]
+        if name == "min_version":
+            return str(P.FORMAT_VERSION)
+        if name == "layer_names":
+            return [node.name or node.output[0] for node in self.inference_graph().graph.node]
         if name == "num_trainable_params":
             inits = g.initializers(self._network)
             frozen = freezing.frozen_weights(self._network, p, self.kind.head_weights)
@@ -73,7 +83,7 @@ class DLModel:
         if name == "class_weights":
             return P.class_weight_array(p).astype(float).tolist()
         value = p[name]
-        return list(value) if isinstance(value, list) else value
+        return type(value)(value) if isinstance(value, (list, dict)) else value
 
     def _summary(self) -> list[str]:
         """HALCON's ``summary`` of the inference graph (:func:`onnx_dl.summary.layer_summary`)."""
@@ -86,7 +96,17 @@ class DLModel:
         if name == "image_dimensions":
             self._set_image_dimensions(P.coerce(name, value, self._params["type"]))
             return
+        if name == "image_size":
+            self._set_image_size(P.coerce(name, value, self._params["type"]))
+            return
+        if name == "runtime_init":
+            P.coerce(name, value, self._params["type"])
+            self._init_runtime()
+            return
         value = P.coerce(name, value, self._params["type"])
+        if name == "device":  # the same index as 'gpu'
+            name = "gpu"
+        drop_solver = name == "optimize_for_inference" and value != self._params["optimize_for_inference"]
         candidate = dict(self._params, **{name: value})
         network = self._network
         if name == "class_ids" and len(value) != len(self._params["class_ids"]):
@@ -108,6 +128,8 @@ class DLModel:
         if name in ("image_width", "image_height"):
             check_network(network, candidate, probe=True)
         self._commit(network, candidate)
+        if drop_solver:  # both ways: True forgets the state, False starts from a fresh one
+            self._drop_solver_state()
 
     def _set_image_dimensions(self, dims: list[int]) -> None:
         if len(dims) != 3 or min(dims) < 1:
@@ -115,9 +137,38 @@ class DLModel:
         if dims[2] != self._params["image_num_channels"]:
             raise DLParamError(f"parameter 'image_dimensions': the network takes {self._params['image_num_channels']} "
                                f"channels (fixed by its first layer), got {dims[2]}")
-        candidate = dict(self._params, image_width=dims[0], image_height=dims[1])
+        self._resize(dims[0], dims[1])
+
+    def _set_image_size(self, size: list[int]) -> None:
+        if len(size) != 2 or min(size) < 1:
+            raise DLParamError(f"parameter 'image_size': expected [width, height], both >= 1, got {size}")
+        self._resize(size[0], size[1])
+
+    def _resize(self, width: int, height: int) -> None:
+        candidate = dict(self._params, image_width=width, image_height=height)
+        P.check_consistent(candidate)
         check_network(self._network, candidate, probe=True)
         self._commit(self._network, candidate)
+
+    def _init_runtime(self) -> None:
+        """``runtime_init`` 'immediately': build the inference session and, unless the model is optimized for
+        inference, the training session now instead of at the first call that needs them."""
+        if not self._params["optimize_for_inference"]:
+            self.trainer()
+        self._inference_session()
+
+    def _drop_solver_state(self) -> None:
+        """Forget the engine's training state (solver state, step count, a stored one to resume); the trained
+        weights and batch-norm statistics move into the network first."""
+        self.network()
+        self._trainer = self._trainer_key = self._resume = None
+        self._inference = None  # it was fed the trainer's live buffers; a new one takes the network's weights
+
+    def check_trainable(self) -> None:
+        """Raise unless the model may be trained (``optimize_for_inference`` is False)."""
+        if self._params["optimize_for_inference"]:
+            raise DLParamError("the model cannot be trained: parameter 'optimize_for_inference' is True (its solver "
+                               "state was dropped); set it to False to train again from a fresh solver state")
 
     def _commit(self, network: onnx.ModelProto, params: dict[str, Any]) -> None:
         params = network_params(self.kind, network, params)
@@ -141,10 +192,12 @@ class DLModel:
         return self.kind.inference_graph(self.network(), self._params)
 
     def trainer(self) -> Trainer:
-        """The engine state for training, (re)built when the graph, size or runtime changed."""
+        """The engine state for training, (re)built when the graph, size, runtime or CUDA device changed;
+        refused while ``optimize_for_inference`` is True."""
+        self.check_trainable()
         p = self._params
-        key = (id(self._network), p["image_width"], p["image_height"], p["runtime"], system.generation(),
-               p["freeze_backbone"], tuple(p["frozen_layers"]))
+        key = (id(self._network), p["image_width"], p["image_height"], p["runtime"], self._device_id(),
+               system.generation(), p["freeze_backbone"], tuple(p["frozen_layers"]))
         if self._trainer is not None and self._trainer_key == key:
             return self._trainer
         network = self.network()  # current weights, before the old trainer goes
@@ -161,6 +214,10 @@ class DLModel:
         self._resume = None
         return self._trainer
 
+    def _device_id(self) -> int:
+        """The CUDA device index the sessions use: parameter 'gpu' with runtime 'gpu', 0 (unused) on the CPU."""
+        return self._params["gpu"] if self._params["runtime"] == "gpu" else 0
+
     def solver_state(self) -> tuple[str, int, dict[str, dict[str, np.ndarray]]] | None:
         """(solver kind, steps taken, state arrays per parameter), or None before any training."""
         if self._trainer is not None:
@@ -172,7 +229,8 @@ class DLModel:
         """Continue with this solver state (read from a file) at the next training step."""
         if kind not in SOLVERS or steps < 0:
             raise DLModelFileError(f"stored solver state: unknown solver {kind!r} or step count {steps}")
-        self._resume = (kind, steps, state)
+        if not self._params["optimize_for_inference"]:  # a model optimized for inference keeps none
+            self._resume = (kind, steps, state)
 
     def set_training_state(self, values: dict[str, Any]) -> None:
         """Record the training state a successful step computed (read-only parameters listed in
@@ -195,7 +253,7 @@ class DLModel:
         session after every training step.
         """
         p = self._params
-        key = (id(self._network), p["runtime"], system.generation())
+        key = (id(self._network), p["runtime"], self._device_id(), system.generation())
         if self._inference is None or self._inference_key != key:
             deterministic = system.get_system("cudnn_deterministic")
             model = self.inference_graph()
@@ -205,7 +263,7 @@ class DLModel:
                 model.graph.input.append(onnx.helper.make_tensor_value_info(name, inits[name].data_type,
                                                                             list(inits[name].dims)))
             self._inference = runtime.inference_session(model, p["runtime"], system.get_system("thread_num"),
-                                                        deterministic)
+                                                        deterministic, device_id=self._device_id())
             self._inference_key = key
         return self._inference
 

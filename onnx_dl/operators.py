@@ -54,7 +54,9 @@ def set_dl_model_param(model: DLModel, name: str, value: Any) -> None:
     """Set model parameter ``name``; an unknown name or a bad value raises and changes nothing.
 
     Setting ``class_ids`` to a different number of classes replaces the classification layer
-    (new weights ~ Normal(0, 0.01), biases 0): the transfer-learning path.
+    (new weights ~ Normal(0, 0.01), biases 0): the transfer-learning path. Every name, with what it
+    does here (``image_size``, ``device``/``gpu``, ``runtime_init``, ``batchnorm_momentum``,
+    ``optimize_for_inference``, the accepted no-ops, ...), is listed in :data:`onnx_dl.params.SPECS`.
     """
     with _model(model).lock:
         model.set_param(name, value)
@@ -73,6 +75,7 @@ def train_dl_model_batch(model: DLModel, samples: list[dict[str, Any]]) -> dict[
     error the model is left exactly as it was.
     """
     with _model(model).lock:
+        model.check_trainable()  # 'optimize_for_inference' True refuses before any sample is checked
         params = model.params
         batch = sample_checks.check_sample_list(samples, "train_dl_model_batch")
         chunks = sample_checks.chunk_count(len(batch), params["batch_size"], params["batch_size_multiplier"])

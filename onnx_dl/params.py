@@ -26,7 +26,7 @@ class ParamSpec:
     """One model parameter: its kind, default and range check."""
 
     name: str
-    kind: str  # 'int' | 'float' | 'bool' | 'str' | 'int_list' | 'float_list' | 'str_list'
+    kind: str  # 'int' | 'float' | 'bool' | 'str' | '<kind>_list' | 'str_dict' | 'float_or_auto' ('auto' or a float)
     default: Any
     doc: str
     check: Callable[[Any], str | None] = lambda value: None  # returns what is wrong, or None
@@ -87,6 +87,27 @@ def positive_values(v: list[float]) -> str | None:
     return None if v and min(v) > 0.0 else "a non-empty list of values > 0"
 
 
+def momentum_or_auto(v: float | str) -> str | None:
+    """Check: 'auto' or a value in [0, 1)."""
+    return None if v == "auto" or (not isinstance(v, str) and 0.0 <= v < 1.0) else "'auto' or a value in [0, 1)"
+
+
+RESERVED_METADATA_PREFIX = "onnx_dl"  # the ONNX metadata keys of onnx_dl.serialization start with it
+# The layout version of the files onnx_dl.serialization writes (its FORMAT_VERSION); kept here so that the
+# parameter 'min_version' reads it without the model layer importing serialization.
+FORMAT_VERSION = 1
+
+
+def string_dict(v: dict[str, str]) -> str | None:
+    """Check: no key starts with ``onnx_dl`` (the library's own metadata keys)."""
+    if any(key.startswith(RESERVED_METADATA_PREFIX) for key in v):
+        return f"keys that do not start with {RESERVED_METADATA_PREFIX!r} (reserved for the library's own metadata)"
+    return None
+
+
+# Names HALCON scripts pass that have no effect here; set_dl_model_param stores them, get returns them.
+NO_OP_DOC = "accepted for HALCON scripts; stored and returned, no effect in onnx_dl: "
+
 SPECS: dict[str, ParamSpec] = {
     s.name: s
     for s in [
@@ -120,11 +141,44 @@ SPECS: dict[str, ParamSpec] = {
                   "(read-only; onnx_dl.summary.layer_summary)", settable=False),
         ParamSpec("freeze_backbone", "bool", False, "keep every weight but the score layer's fixed"),
         ParamSpec("frozen_layers", "str_list", [], "weights kept fixed: initializer names or prefixes ending in '*'"),
+        # -- HALCON names of issue 17 (gap 8) --
+        ParamSpec("meta_data", "str_dict", {}, "user key/value strings, written to the ONNX file's metadata_props "
+                  "(one entry per key) and read back from them", string_dict),
+        ParamSpec("layer_names", "str_list", None, "the node names of the inference network in graph order (a node "
+                  "without a name: its first output's), as in 'summary' (read-only)", settable=False),
+        ParamSpec("input_dimensions", "int_list", None, "[width, height, channels] of the network input (read-only)",
+                  settable=False),
+        ParamSpec("image_size", "int_list", None, "[width, height]: image_width and image_height in one list"),
+        ParamSpec("gpu", "int", 0, "CUDA device index used with runtime 'gpu' (ONNX Runtime's provider option "
+                  "device_id)", at_least(0)),
+        ParamSpec("device", "int", None, "the same CUDA device index as 'gpu' (HALCON: a device handle)", at_least(0)),
+        ParamSpec("runtime_init", "str", None, "set 'immediately' to build the training and inference sessions now "
+                  "(set only)", one_of("immediately")),
+        ParamSpec("batchnorm_momentum", "float_or_auto", "auto", "momentum m of every batch norm's running statistics: "
+                  "running = m * running + (1 - m) * batch statistic (the ONNX BatchNormalization convention); 'auto': "
+                  "each node's own momentum attribute", momentum_or_auto),
+        ParamSpec("precision", "str", "float32", "numeric precision of training and inference",
+                  lambda v: None if v == "float32" else "'float32' (the only precision onnx_dl runs)"),
+        ParamSpec("optimize_for_inference", "bool", False, "True drops the solver state and refuses training; False "
+                  "allows training again from a fresh solver state"),
+        ParamSpec("min_version", "str", None, "the onnx_dl file format version a reader needs "
+                  "(FORMAT_VERSION, as a string; read-only)", settable=False),
+        ParamSpec("enable_resizing", "bool", True, NO_OP_DOC + "the image size can always be changed (image_width, "
+                  "image_height, image_size, image_dimensions) where the network accepts it"),
+        ParamSpec("fuse_bn_relu", "bool", False, NO_OP_DOC + "ONNX Runtime fuses layers itself when it builds an "
+                  "inference session"),
+        ParamSpec("fuse_conv_relu", "bool", False, NO_OP_DOC + "ONNX Runtime fuses layers itself when it builds an "
+                  "inference session"),
     ]
 }
 
 # Parameters that are stored in the model; the others are derived on read.
-DERIVED = ("num_classes", "image_dimensions", "num_trainable_params", "summary")
+DERIVED = ("num_classes", "image_dimensions", "num_trainable_params", "summary", "layer_names", "input_dimensions",
+           "image_size", "device", "runtime_init", "min_version")
+SET_ONLY = ("runtime_init",)  # no value to read back: get_dl_model_param refuses them
+# Names that set stored parameters of other names: fixed (FIXED_AFTER_CREATION) when any of those is.
+SETS: dict[str, tuple[str, ...]] = {"image_dimensions": ("image_width", "image_height"),
+                                    "image_size": ("image_width", "image_height"), "device": ("gpu",)}
 
 
 
@@ -157,13 +211,30 @@ def settable_spec(name: str, model_type: str) -> ParamSpec:
     found = spec(name, model_type)
     if not found.settable:
         raise DLParamError(f"parameter {name!r} is read-only")
-    if name in types.get(model_type).FIXED_AFTER_CREATION:
+    fixed = types.get(model_type).FIXED_AFTER_CREATION
+    if name in fixed or any(other in fixed for other in SETS.get(name, ())):
         raise DLParamError(f"parameter {name!r} of a {model_type} model is fixed when the model is created "
                            f"(create_dl_model_{model_type}); create a new model to change it")
     return found
 
 
+def _string_dict(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise DLParamError(f"parameter {name!r}: expected a dict of str -> str, got {value!r} ({type(value).__name__})")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise DLParamError(f"parameter {name!r}: expected a dict of str -> str, got key {key!r} "
+                               f"({type(key).__name__}) with value {item!r} ({type(item).__name__})")
+    return dict(value)
+
+
 def _scalar(name: str, kind: str, value: Any) -> Any:
+    if kind == "float_or_auto":
+        if isinstance(value, str):
+            if value == "auto":
+                return value
+            raise DLParamError(f"parameter {name!r}: expected 'auto' or a number, got {value!r}")
+        return _scalar(name, "float", value)
     if kind == "bool":  # HALCON writes booleans as 'true' / 'false'
         if isinstance(value, (bool, np.bool_)):
             return bool(value)
@@ -196,6 +267,8 @@ def coerce(name: str, value: Any, model_type: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise DLParamError(f"parameter {name!r}: expected a list, got {value!r} ({type(value).__name__})")
         result: Any = [_scalar(name, found.kind[:-5], item) for item in value]
+    elif found.kind == "str_dict":
+        result = _string_dict(name, value)
     else:
         result = _scalar(name, found.kind, value)
     problem = types.get(model_type).PARAM_CHECKS.get(name, found.check)(result)
@@ -207,7 +280,7 @@ def coerce(name: str, value: Any, model_type: str) -> Any:
 def defaults(model_type: str) -> dict[str, Any]:
     """The stored parameters of a fresh model of ``model_type`` (model-specific ones are None)."""
     return {
-        s.name: (list(s.default) if isinstance(s.default, list) else s.default)
+        s.name: (type(s.default)(s.default) if isinstance(s.default, (list, dict)) else s.default)
         for s in type_specs(model_type).values()
         if s.name not in DERIVED
     }

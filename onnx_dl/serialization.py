@@ -20,14 +20,13 @@ from google.protobuf.message import DecodeError
 
 from .errors import DLModelFileError, DLParamError
 from .model import DLModel, from_network
-from .params import training_state
+from .params import FORMAT_VERSION, RESERVED_METADATA_PREFIX, training_state
 from .tasks import detection_postprocess
 from .version import VERSION
 
 MAX_FILE_SIZE = 2**31  # bytes read without explicit consent (max_file_size=None)
-METADATA_KEY = "onnx_dl"
+METADATA_KEY = "onnx_dl"  # this key and SOLVER_KEY start with RESERVED_METADATA_PREFIX: never user meta_data
 SOLVER_KEY = "onnx_dl.solver_state"  # base64 of a NumPy .npz archive: "<parameter>/<state>" -> array
-FORMAT_VERSION = 1
 
 
 def bundled_folder() -> Path | None:
@@ -113,6 +112,12 @@ def metadata(model: onnx.ModelProto) -> dict[str, Any] | None:
     return None
 
 
+def user_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The parameter ``meta_data``: every entry of the ONNX ``metadata_props`` but the library's own (keys
+    starting with ``onnx_dl``), so a foreign file's metadata is read as well."""
+    return {prop.key: prop.value for prop in model.metadata_props if not prop.key.startswith(RESERVED_METADATA_PREFIX)}
+
+
 def _inside(path: Path, folder: Path) -> bool:
     resolved = path.resolve()
     return resolved == folder or folder in resolved.parents
@@ -190,6 +195,7 @@ def read_dl_model(source: str | os.PathLike[str], type: str | None = None,
                                f"e.g. read_dl_model(path, type='classification')")
     solver = stored.get("solver") if stored else None
     state = next((decode_solver_state(p.value) for p in model.metadata_props if p.key == SOLVER_KEY), None)
+    params["meta_data"] = user_metadata(model)
     del model.metadata_props[:]
     result = from_network(model, model_type, params)
     if isinstance(solver, dict) and state is not None:
@@ -213,10 +219,13 @@ def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_
     decoding, ``min_confidence``, per-class and class-agnostic ``NonMaxSuppression`` and
     ``max_num_detections``, with the model's current values (outputs: see
     :mod:`onnx_dl.tasks.detection_postprocess`); its boxes match ``apply_dl_model``'s. Such a file cannot be
-    read back for training. Written atomically: a temporary file in the target folder, then a rename.
+    read back for training. The parameter ``meta_data`` is written as ONNX ``metadata_props`` entries of
+    its own (one per key), which ``read_dl_model`` reads back. Written atomically: a temporary file in the
+    target folder, then a rename.
     """
     with model.lock:
         params = {k: v for k, v in model.params.items() if include_solver_state or k not in training_state(model.params["type"])}
+        meta_data = params.pop("meta_data", {})  # written as metadata_props of their own
         info: dict[str, Any] = {"format": FORMAT_VERSION, "version": VERSION, "params": params}
         if postprocess:
             if model.params["type"] != "detection":
@@ -233,6 +242,8 @@ def write_dl_model(model: DLModel, path: str | os.PathLike[str], include_solver_
             info["solver"] = {"kind": kind, "steps": steps}
             exported.metadata_props.add(key=SOLVER_KEY, value=encode_solver_state(state))
         exported.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
+        for key, value in meta_data.items():
+            exported.metadata_props.add(key=key, value=value)
         write_atomically(Path(path), exported.SerializeToString())
 
 

@@ -25,7 +25,8 @@ class Engine:
     ``bn_outputs``, ``weights()``, ``load_weights(values)``) and ``solver(kind, session, runtime,
     threads, deterministic, state=, step=)`` the solver over its parameters (``apply(params)``, ``kind``,
     ``step_count``, ``state_arrays()``, ``load_state(state)``). :data:`ONNX_RUNTIME` is the one the
-    library uses; tests of this layer pass a fake (tests/test_trainer.py)."""
+    library uses; tests of this layer pass a fake (tests/test_trainer.py). On runtime 'gpu' the session is
+    also given ``device_id=`` (the CUDA device index, parameter ``gpu``)."""
 
     session: Any
     solver: Any
@@ -43,7 +44,8 @@ class Trainer:
                  engine: Engine = ONNX_RUNTIME) -> None:
         self.graph = tg
         self.engine = engine
-        self.session = engine.session(tg, runtime, threads, deterministic)
+        device = {"device_id": params.get("gpu", 0)} if runtime == "gpu" else {}  # the CUDA device index
+        self.session = engine.session(tg, runtime, threads, deterministic, **device)
         self._engine = (runtime, threads, deterministic)
         self.solver = engine.solver(params["solver_type"], self.session, *self._engine, state=solver_state,
                                     step=solver_steps)
@@ -110,7 +112,7 @@ class Trainer:
             self.session.reset_grad()  # also after a failure: the next step must not add to these gradients
         self.solver = solver
         for stats in batch_stats:
-            self._update_running_stats(stats, chunk_size)
+            self._update_running_stats(stats, chunk_size, params.get("batchnorm_momentum", "auto"))
 
     def _check_finite(self, outputs: dict[str, np.ndarray], index: int, count: int) -> None:
         bad = [name for name in self.graph.losses if not np.isfinite(outputs[name])]
@@ -122,15 +124,18 @@ class Trainer:
             raise DLNonFiniteError(f"{where}: a gradient went non-finite although the loss is finite; "
                                    f"no update was applied")
 
-    def _update_running_stats(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], chunk_size: int) -> None:
-        """running = momentum * running + (1 - momentum) * batch, with the unbiased batch variance."""
+    def _update_running_stats(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], chunk_size: int,
+                              momentum: float | str = "auto") -> None:
+        """running = m * running + (1 - m) * batch, with the unbiased batch variance (ONNX BatchNormalization's
+        convention: m weighs the old value; PyTorch's momentum is 1 - m). m: ``momentum`` (the parameter
+        ``batchnorm_momentum``), or each node's own momentum attribute when it is 'auto'."""
         for bn in self.graph.batchnorms:
             mean, inv_std = (np.asarray(a, np.float64) for a in stats[bn.node])
             n = chunk_size * self.graph.bn_elements.get(bn.node, 0)
             variance = 1.0 / np.square(inv_std) - bn.epsilon  # the engine keeps 1 / sqrt(var + eps)
             if n > 1:
                 variance *= n / (n - 1)
-            m = bn.momentum
+            m = bn.momentum if momentum == "auto" else float(momentum)
             self.running[bn.mean] = (m * self.running[bn.mean] + (1 - m) * mean).astype(np.float32)
             self.running[bn.var] = (m * self.running[bn.var] + (1 - m) * variance).astype(np.float32)
 

@@ -145,20 +145,22 @@ def session_options(threads: int, deterministic: bool, optimize: bool = True, sp
     return options
 
 
-def providers(runtime: str, deterministic: bool) -> list[Any]:
-    """Execution providers for an InferenceSession on ``runtime``."""
+def providers(runtime: str, deterministic: bool, device_id: int = 0) -> list[Any]:
+    """Execution providers for an InferenceSession on ``runtime`` (on 'gpu': CUDA device ``device_id``)."""
     if runtime == "gpu":
         search = "DEFAULT" if deterministic else "HEURISTIC"
-        return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": search}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": device_id, "cudnn_conv_algo_search": search}),
+                "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
 def inference_session(model: onnx.ModelProto, runtime: str = "cpu", threads: int = 1, deterministic: bool = False,
-                      **options: bool) -> Any:
-    """An engine InferenceSession of ``model`` on ``runtime`` (``options``: those of :func:`session_options`)."""
+                      device_id: int = 0, **options: bool) -> Any:
+    """An engine InferenceSession of ``model`` on ``runtime`` (CUDA device ``device_id`` on 'gpu';
+    ``options``: those of :func:`session_options`)."""
     require_device(runtime)
     return ort().InferenceSession(model.SerializeToString(), session_options(threads, deterministic, **options),
-                                  providers=providers(runtime, deterministic))
+                                  providers=providers(runtime, deterministic, device_id))
 
 
 def forward(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
@@ -168,9 +170,11 @@ def forward(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[
     return list(inference_session(model).run(outputs, feeds))
 
 
-def device_value(array: np.ndarray, runtime: str = "cpu") -> Any:
-    """``array`` as an engine OrtValue on ``runtime``'s device (a copy)."""
-    return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda" if runtime == "gpu" else "cpu", 0)
+def device_value(array: np.ndarray, runtime: str = "cpu", device_id: int = 0) -> Any:
+    """``array`` as an engine OrtValue on ``runtime``'s device (CUDA device ``device_id`` on 'gpu'; a copy)."""
+    on_gpu = runtime == "gpu"
+    return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda" if on_gpu else "cpu",
+                                              device_id if on_gpu else 0)
 
 
 @dataclass

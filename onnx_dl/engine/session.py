@@ -60,14 +60,20 @@ def _expose_outputs(training: onnx.ModelProto, tg: TrainingGraph) -> dict[str, t
     return bn_outputs
 
 
+def device_string(runtime: str, device_id: int = 0) -> str:
+    """The device of an ``api.Module`` on ``runtime``: 'cpu', or 'cuda:<device_id>' on 'gpu'."""
+    return f"cuda:{device_id}" if runtime == "gpu" else "cpu"
+
+
 class TrainingSession:
     """One training graph loaded in the engine: parameters, gradient buffers and the step call."""
 
-    def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool) -> None:
+    def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool, device_id: int = 0) -> None:
         require_device(runtime)
         engine = training_api()
         self.graph = tg
-        self.device = "cuda" if runtime == "gpu" else "cpu"
+        self.device_id = device_id if runtime == "gpu" else 0  # the CUDA device index (parameter 'gpu')
+        self.device = device_string(runtime, device_id)
         options = session_options(threads, deterministic)
         with tempfile.TemporaryDirectory(prefix="onnx_dl_") as folder:
             forward = onnx.ModelProto()

@@ -96,6 +96,7 @@ class Solver:
         self.kind = kind
         self.step_count = step
         self.on_host = runtime == "cpu" if on_host is None else on_host
+        device_id = getattr(session, "device_id", 0)  # the CUDA device of the session's buffers on 'gpu'
         names = session.trainable
         shapes = [list(session.parameter(n).shape) for n in names]
         state = state or {}
@@ -108,14 +109,15 @@ class Solver:
                 if initial is None or list(initial.shape) != shape:
                     initial = np.zeros(shape, np.float32)
                 initial = np.ascontiguousarray(initial, np.float32)
-                buffers[kind_name] = np.array(initial) if self.on_host else device_value(initial, runtime)
+                buffers[kind_name] = np.array(initial) if self.on_host else device_value(initial, runtime, device_id)
             self.state[name] = buffers
         if self.on_host:
             self._host = HostUpdate(kind, [(session.parameter(n), session.gradient(n),
                                             [self.state[n][k] for k in SOLVERS[kind].state]) for n in names], threads)
             return
         model, slots = update_graph(kind, shapes)
-        self._session = inference_session(model, runtime, threads, deterministic, optimize=False, spinning=False)
+        self._session = inference_session(model, runtime, threads, deterministic, device_id, optimize=False,
+                                          spinning=False)
         self._binding = self._session.io_binding()
         for name, (w, g, state_inputs, outputs) in zip(names, slots):
             param, gradient = session.device_values(name)
