@@ -212,12 +212,19 @@ def read_dl_dataset_dota(folder: str | os.PathLike[str], class_names: Sequence[s
             except (ValueError, IndexError) as exc:
                 raise DLDatasetError(f"{str(label_file)!r}, line {number}: expected 'x1 y1 x2 y2 x3 y3 x4 y4 "
                                      f"category difficult', got {line!r}") from exc
+            box = rotated_boxes.from_polygon(np.asarray(corners, np.float64).reshape(4, 2)[:, ::-1])
+            if not (box[2] > 0 and box[3] > 0):
+                raise DLDatasetError(f"{str(label_file)!r}, line {number}: expected a polygon enclosing an area, got "
+                                     f"{line!r} (its rectangle has half edge lengths {box[2]:g} and {box[3]:g})")
             if include_difficult or not difficult:
                 found.append((corners, category))
         objects[path.name] = found
     if not objects:
         raise DLDatasetError(f"no images in {str(images)!r}")
     names = list(class_names) if class_names is not None else sorted({c for v in objects.values() for _, c in v})
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DLDatasetError(f"read_dl_dataset_dota: class_names {names} name {repeated} more than once")
     position = {name: i for i, name in enumerate(names)}
     samples = []
     for file_name, found in objects.items():

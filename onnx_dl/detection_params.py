@@ -198,6 +198,12 @@ def _settings(gen_param: dict[str, Any] | None) -> dict[str, Any]:
         raise DLParamError(f"determine_dl_model_detection_param: unknown gen_param keys {unknown}; known: "
                            f"{sorted(DEFAULTS)}")
     settings = {**DEFAULTS, **(gen_param or {})}
+    direction = settings["ignore_direction"]
+    if isinstance(direction, str) and direction in ("true", "false"):  # HALCON writes booleans as strings
+        settings["ignore_direction"] = direction == "true"
+    elif direction is not None and not isinstance(direction, (bool, np.bool_)):
+        raise DLParamError(f"determine_dl_model_detection_param: gen_param 'ignore_direction': expected True, False, "
+                           f"'true' or 'false', got {direction!r}")
     if not (isinstance(settings["num_aspect_ratios"], int) and settings["num_aspect_ratios"] >= 1
             and isinstance(settings["max_num_subscales"], int) and settings["max_num_subscales"] >= 1
             and 0.0 < float(settings["coverage"]) <= 1.0 and int(settings["max_num_images"]) >= 1):

@@ -125,13 +125,11 @@ class GradientWorker:
 
     def _samples(self, job: DatasetJob) -> list[dict[str, Any]]:
         if self._prepared[0] != job.token:
-            from .dataset import gen_dl_samples
-            from .preprocess import preprocess_dl_samples
+            from .training import prepared_samples
 
             if self._dataset[0] != job.dataset.hex():  # the dataset is fetched once, not every step
                 self._dataset = (job.dataset.hex(), _ray().get(job.dataset))
-            raw = gen_dl_samples(self._dataset[1], job.indices)
-            self._prepared = (job.token, preprocess_dl_samples(raw, job.params))
+            self._prepared = (job.token, prepared_samples(self._dataset[1], job.indices, job.params))
         return self._prepared[1]
 
     def gradients(self, weights: np.ndarray, chunks: list[list[np.ndarray]], params: dict[str, Any], first: int,

@@ -49,8 +49,8 @@ DOMAIN_HANDLINGS = ("full_domain", "crop_domain", "keep_domain")
 PREPROCESS_KEYS = ("model_type", "image_width", "image_height", "image_num_channels", "image_range_min",
                    "image_range_max", "normalization_type", "domain_handling", "ignore_class_ids",
                    "set_background_id", "class_ids_background")
-PREPROCESS_GEN_PARAMS = ("mean_values_normalization", "deviation_values_normalization", "instance_type",
-                         "ignore_direction", "class_ids_no_orientation")
+CONSTANT_VALUES_KEYS = ("mean_values_normalization", "deviation_values_normalization")  # 'constant_values' only
+PREPROCESS_GEN_PARAMS = (*CONSTANT_VALUES_KEYS, "instance_type", "ignore_direction", "class_ids_no_orientation")
 INSTANCE_TYPES = ("rectangle1", "rectangle2")
 ORIENTATION_KEYS = ("ignore_direction", "class_ids_no_orientation")  # rectangle2 only
 DOMAIN_KEY = "domain"
@@ -94,12 +94,17 @@ def create_dl_preprocess_param_from_model(model: Any, normalization_type: str = 
                                           class_ids_background: Sequence[int] = (),
                                           gen_param: dict[str, Any] | None = None) -> dict[str, Any]:
     """HALCON's ``create_dl_preprocess_param_from_model``: the DLPreprocessParam of ``model`` (a DLModel):
-    its type, image size and channels, value range and (segmentation) ``ignore_class_ids``."""
+    its type, image size and channels, value range, (segmentation) ``ignore_class_ids`` and (an oriented-box
+    detector) ``instance_type``, ``ignore_direction`` and ``class_ids_no_orientation``; ``gen_param`` given
+    keys win."""
     from .operators import get_dl_model_param
 
     model_type_name = get_dl_model_param(model, "type")
     ignore = get_dl_model_param(model, "ignore_class_ids") if model_type_name == "segmentation" else []
     width, height, channels = get_dl_model_param(model, "image_dimensions")
+    if model_type_name == "detection" and get_dl_model_param(model, "instance_type") == "rectangle2":
+        gen_param = {"instance_type": "rectangle2", **{key: get_dl_model_param(model, key) for key in ORIENTATION_KEYS},
+                     **(gen_param or {})}
     return create_dl_preprocess_param(model_type_name, width, height, channels,
                                       get_dl_model_param(model, "image_range_min"),
                                       get_dl_model_param(model, "image_range_max"), normalization_type,
@@ -215,7 +220,7 @@ def _check_instance_type(param: dict[str, Any], checked: dict[str, Any], problem
 
 
 def _check_constant_values(param: dict[str, Any], checked: dict[str, Any], problems: list[str]) -> None:
-    given = [k for k in PREPROCESS_GEN_PARAMS if k in param]
+    given = [k for k in CONSTANT_VALUES_KEYS if k in param]
     if given and param["normalization_type"] != "constant_values":
         problems.append(f"keys {given}: only with normalization_type 'constant_values', got "
                         f"{param['normalization_type']!r}")

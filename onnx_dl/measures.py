@@ -434,11 +434,13 @@ def score_of_angle_precision(results: list[dict[str, Any]], samples: list[dict[s
                              box_type: BoxType, iou: float = 0.5) -> float:
     """HALCON's ``soap`` (score of angle precision) of oriented detections, our reading of its definition:
 
-        SoAP = 1 - (1 / N) sum_i |normalize_angle(phi_I,i - phi_GT,i)| / pi
+        SoAP = 1 - (1 / N) sum_i |normalize_angle(phi_I,i - phi_GT,i)| / h
 
-    over the N true positives at IoU ``iou`` (each detection matched as :func:`mean_average_precision`
-    matches, per image and class by descending confidence); the angle difference wraps to (-pi, pi], or
-    to (-pi/2, pi/2] with ``ignore_direction``. 1 is a perfect orientation; NaN without true positives.
+    over the N true positives at IoU ``iou`` of the classes in ``class_ids`` (each detection matched as
+    :func:`mean_average_precision` matches, per image and class by descending confidence); the angle
+    difference wraps to (-pi, pi] and h = pi, or with ``ignore_direction`` to (-pi/2, pi/2] and h = pi/2,
+    so the score spans 0 (every angle as wrong as it can be) to 1 (perfect) in both modes; NaN without
+    true positives.
     """
     from .rotated_boxes import normalize_angle
 
@@ -448,7 +450,7 @@ def score_of_angle_precision(results: list[dict[str, Any]], samples: list[dict[s
         gt_boxes, gt_labels = _boxes_of(sample, index, "sample", "bbox_label_id", box_type)
         boxes, labels = _boxes_of(result, index, "result", "bbox_class_id", box_type)
         confidence = np.asarray(result.get("bbox_confidence", []), np.float64).reshape(-1)
-        for cid in set(int(i) for i in labels) & set(int(i) for i in gt_labels):
+        for cid in set(int(i) for i in labels) & set(int(i) for i in gt_labels) & set(class_ids):
             mine, theirs = np.nonzero(labels == cid)[0], gt_boxes[gt_labels == cid]
             mine = mine[np.argsort(-confidence[mine], kind="stable")]
             overlaps, taken = box_type.iou(boxes[mine], theirs), np.zeros(len(theirs), bool)
@@ -459,7 +461,8 @@ def score_of_angle_precision(results: list[dict[str, Any]], samples: list[dict[s
                     taken[best] = True
                     gap = normalize_angle(boxes[detection, 4] - theirs[best, 4], box_type.ignore_direction)
                     gaps.append(abs(float(gap)))
-    return 1.0 - float(np.mean(gaps)) / np.pi if gaps else float("nan")
+    largest = 0.5 * np.pi if box_type.ignore_direction else np.pi
+    return 1.0 - float(np.mean(gaps)) / largest if gaps else float("nan")
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -474,6 +477,16 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
+def _word(entry: dict[str, Any], index: int, what: str) -> str:
+    """The ``word`` of a sample or result, or a DLSampleError naming it (missing, or not a string)."""
+    if "word" not in entry:
+        raise DLSampleError(f"{what} {index}: missing key 'word' (keys present: {sorted(map(str, entry))})")
+    if not isinstance(entry["word"], str):
+        raise DLSampleError(f"{what} {index}, key 'word': expected a string, got {entry['word']!r} "
+                            f"({type(entry['word']).__name__})")
+    return entry["word"]
+
+
 def ocr_recognition_measures(results: list[dict[str, Any]], samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Word recognition measures of results ``word`` against the samples' ``word``:
 
@@ -484,8 +497,8 @@ def ocr_recognition_measures(results: list[dict[str, Any]], samples: list[dict[s
     """
     _check_lengths(results, samples)
     exact = errors = characters = 0
-    for result, sample in zip(results, samples):
-        found, truth = str(result["word"]), str(sample["word"])
+    for index, (result, sample) in enumerate(zip(results, samples)):
+        found, truth = (_word(entry, index, what) for entry, what in ((result, "result"), (sample, "sample")))
         exact += found == truth
         errors += edit_distance(found, truth)
         characters += len(truth)

@@ -115,7 +115,11 @@ class DLModel:
             candidate["class_weights"] = None
         implies = getattr(self.kind, "implied_params", None)  # optional: a parameter that sets others (OCR's alphabet)
         implied = implies(name, value, candidate) if implies is not None else {}
-        if implied.get("class_ids") is not None and len(implied["class_ids"]) != len(self._params["class_ids"]):
+        renetwork = getattr(self.kind, "network_for", None)  # optional: a new network for a parameter (OCR's alphabet)
+        changed = renetwork(name, value, self.network(), self._params) if renetwork is not None else None
+        if changed is not None:
+            network = changed
+        elif implied.get("class_ids") is not None and len(implied["class_ids"]) != len(self._params["class_ids"]):
             network = self.kind.with_classes(self.network(), self._params, implied["class_ids"])
         candidate.update(implied)
         if name == "runtime":

@@ -222,3 +222,21 @@ def replace_head(model: onnx.ModelProto, logits: str, num_classes: int, seed: in
         raise DLModelFileError(f"cannot replace the classification layer {layer.name!r}: after it the scores "
                                f"{logits!r} have shape {shape}, not {num_classes} classes on axis 1")
     return model
+
+
+def remap_head(model: onnx.ModelProto, logits: str, source: list[int | None], seed: int = 0) -> onnx.ModelProto:
+    """A copy whose last layer predicts ``len(source)`` classes: class j keeps the weights and bias of the old
+    class ``source[j]``, a None is freshly initialised (:func:`replace_head`'s rule). Reordering, dropping
+    or adding classes then keeps what was learned for every class that stays."""
+    remapped = replace_head(model, logits, len(source), seed)
+    layer, _ = _head_path(model, logits)
+    old, new = initializers(model), initializers(remapped)
+    for name, axis in _head_targets(model, layer):
+        before = numpy_helper.to_array(old[name])
+        class_axis = axis if before.ndim > 1 else 0
+        after = numpy_helper.to_array(new[name]).copy()
+        for j, i in enumerate(source):
+            if i is not None:
+                np.moveaxis(after, class_axis, 0)[j] = np.moveaxis(before, class_axis, 0)[i]
+        new[name].CopyFrom(numpy_helper.from_array(after, name))
+    return remapped

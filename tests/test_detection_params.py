@@ -108,6 +108,9 @@ def test_oriented_boxes_get_angles_and_the_coverage_is_recomputed_from_the_grid(
     assert again == (found["anchor_coverage"], found["mean_best_iou"])
     axis = propose(_tilted(20, 0.0, 4.0), 64, 64, {"ignore_direction": True})
     assert axis["anchor_angles"] == [0.0]  # boxes along the columns: one angle suffices
+    assert propose(boxes, 64, 64, {"ignore_direction": "false"})["ignore_direction"] is False  # HALCON's strings
+    with pytest.raises(dl.DLParamError, match="'ignore_direction': expected True, False, 'true' or 'false', got 'no'"):
+        propose(boxes, 64, 64, {"ignore_direction": "no"})
     full_turn = propose(boxes, 64, 64, {"ignore_direction": False})  # anchors within 90 degrees only
     assert len(full_turn["anchor_angles"]) >= 4 and full_turn["anchor_coverage"] >= 0.98
     assert anchor_coverage(boxes, 64, 64, full_turn["min_level"], full_turn["max_level"],

@@ -242,3 +242,18 @@ def test_the_training_loop_sends_only_indices_to_workers_that_read_the_dataset(t
             training.train_dl_model(parallel, dict(dataset), epochs=1, progress=False, runner=runner)
     assert spread.steps == alone.steps and spread.history == alone.history
     _assert_same_weights(parallel, weights(single))
+
+
+def test_workers_read_the_samples_preprocess_dl_dataset_wrote(tmp_path: Path) -> None:
+    """A dataset written by preprocess_dl_dataset (here with HALCON's 'first_channel' stretch, which the
+    model's own preprocessing would not apply) trains on the written samples, in the driver and the workers."""
+    dataset = D.read_dl_dataset(D.write_synthetic_dataset("classification", tmp_path / "data", 40, SIZE, seed=6))
+    D.split_dl_dataset(dataset, 80, 20, seed=0)
+    single, parallel = _model("adam"), _model("adam")
+    param = dl.create_dl_preprocess_param_from_model(single, normalization_type="first_channel")
+    dl.preprocess_dl_dataset(dataset, tmp_path / "prepared", param)
+    assert "dlsample_dir" in dataset
+    training.train_dl_model(single, dataset, epochs=1, progress=False)
+    with DataParallel(parallel, num_workers=2, dataset=dataset) as runner:
+        training.train_dl_model(parallel, dataset, epochs=1, progress=False, runner=runner)
+    _assert_same_weights(parallel, weights(single))

@@ -219,3 +219,31 @@ def test_samples_of_every_value_kind_read_back_as_they_were(tmp_path: Path) -> N
     _assert_samples_equal(H.read_dl_samples(dataset, [0]), [sample])
     with pytest.raises(DLSampleError, match="sample 0, key 'bad': expected an array, a number, a string or a list"):
         H._sample_bytes({"bad": {"a": 1}}, 0)
+
+
+def test_oriented_box_options_travel_in_the_preprocess_param() -> None:
+    """instance_type, ignore_direction and class_ids_no_orientation are detection keys of their own (not
+    'constant_values' keys): set directly or taken from an oriented detector, they reach the box handling."""
+    import math
+
+    import onnx_dl as dl
+    from onnx_dl.synthetic import oriented_detection_samples
+
+    param = dl.create_dl_preprocess_param("detection", 32, 32, 3, -127, 128, "none", gen_param={
+        "instance_type": "rectangle2", "ignore_direction": True, "class_ids_no_orientation": [1]})
+    assert param["instance_type"] == "rectangle2" and param["class_ids_no_orientation"] == [1]
+    model = dl.create_dl_model_detection("classifier_compact", 3, {
+        "image_width": 32, "image_height": 32, "instance_type": "rectangle2", "ignore_direction": True,
+        "anchor_angles": [0.0, math.pi / 2], "class_ids_no_orientation": [1], "min_level": 2, "max_level": 3})
+    from_model = dl.create_dl_preprocess_param_from_model(model)
+    assert {k: from_model[k] for k in ("instance_type", "ignore_direction", "class_ids_no_orientation")} == {
+        "instance_type": "rectangle2", "ignore_direction": True, "class_ids_no_orientation": [1]}
+    raw = oriented_detection_samples(6, 64, seed=5, max_shapes=3)
+    raw = [dict(s, image=s["image"] + 127.0) for s in raw]
+    for sample in dl.preprocess_dl_samples(raw, from_model):
+        flat = np.asarray(sample["bbox_label_id"]) == 1
+        assert np.all(np.asarray(sample["bbox_phi"])[flat] == 0.0)
+        assert np.all(np.abs(np.asarray(sample["bbox_phi"])) <= math.pi / 2)
+    with pytest.raises(dl.DLParamError, match=r"keys \['mean_values_normalization'\]: only with normalization_type"):
+        dl.create_dl_preprocess_param("detection", 32, 32, 3, -127, 128, "none", gen_param={
+            "mean_values_normalization": [1.0, 2.0, 3.0]})

@@ -120,7 +120,7 @@ def test_the_bundled_network_and_its_parameters():
         dl.set_dl_model_param(model, "num_time_steps", 40)
 
 
-def test_a_new_alphabet_length_replaces_the_score_layer(tmp_path):
+def test_a_new_alphabet_keeps_each_known_character_s_weights(tmp_path):
     model = _load(tmp_path, batch_size=2)
     dl.set_dl_model_param(model, "alphabet", list("0123456789"))
     assert dl.get_dl_model_param(model, "num_classes") == 11
@@ -129,9 +129,17 @@ def test_a_new_alphabet_length_replaces_the_score_layer(tmp_path):
     losses = dl.train_dl_model_batch(model, [{"image": np.zeros((HEIGHT, WIDTH), np.float32), "word": "42"},
                                              {"image": np.ones((HEIGHT, WIDTH), np.float32), "word": "007"}])
     assert np.isfinite(losses["total_loss"])
-    same_length = weights(model)["conv.weight"].copy()
-    dl.set_dl_model_param(model, "alphabet", list("abcdefghij"))  # same length: the layer stays
-    assert np.array_equal(weights(model)["conv.weight"], same_length)
+    trained = {k: weights(model)[k].copy() for k in ("conv.weight", "conv.bias")}
+    dl.set_dl_model_param(model, "alphabet", list("9876543210"))  # reordered: each character keeps its row
+    order = [0, *range(10, 0, -1)]
+    for name, value in trained.items():
+        np.testing.assert_array_equal(weights(model)[name], value[order])
+    dl.set_dl_model_param(model, "alphabet", list("01234abcdeX"))  # 0-4 kept, the rest fresh, one more class
+    now = weights(model)["conv.weight"]
+    assert now.shape[0] == 12
+    np.testing.assert_array_equal(now[:6], trained["conv.weight"][:6])
+    assert not np.array_equal(now[6:11], trained["conv.weight"][6:11])
+    assert np.array_equal(weights(model)["conv.bias"][6:], np.zeros(6, np.float32))
 
 
 @pytest.mark.parametrize("value, message", [
@@ -287,6 +295,10 @@ def test_word_accuracy_and_character_error_rate():
     assert found["character_error_rate"] == pytest.approx((0 + 1 + 2 + 0) / 8)
     assert found["num_words"] == 4
     assert np.isnan(ocr_recognition_measures([{"word": "A"}], [{"word": ""}])["character_error_rate"])
+    with pytest.raises(dl.DLSampleError, match=r"sample 1: missing key 'word'"):
+        ocr_recognition_measures(results[:2], [{"word": "AB1"}, {"image_id": 4}])
+    with pytest.raises(dl.DLSampleError, match=r"sample 0, key 'word': expected a string, got 123 \(int\)"):
+        ocr_recognition_measures(results[:1], [{"word": 123}])
 
 
 def test_csv_and_dldataset_formats(tmp_path):

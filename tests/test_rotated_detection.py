@@ -304,7 +304,24 @@ def test_rotated_ap_and_soap_by_hand():
     assert measures.score_of_angle_precision([result], [truth], [0], kind) == pytest.approx(
         1 - (math.pi - 0.1) / math.pi)
     assert measures.score_of_angle_precision([result], [truth], [0], Rectangle2(True)) == pytest.approx(
-        1 - 0.1 / math.pi)
+        1 - 0.1 / QUARTER)  # without direction the gap is 0.1 of at most pi/2
+    assert math.isnan(measures.score_of_angle_precision([result], [truth], [5], kind))  # class 0 not asked for
+
+
+def test_evaluation_compares_axis_parallel_classes_as_they_are_trained():
+    """With class_ids_no_orientation the model returns (and learns) the enclosing axis-parallel box; the
+    evaluation turns the ground truth the same way, so a perfect model scores 1, and soap leaves the class out."""
+    params = {**TINY_PARAMS, "instance_type": "rectangle2", "anchor_angles": [0.0], "class_ids": [0, 1],
+              "class_ids_no_orientation": [1], "ignore_direction": False}
+    truth = {"bbox_row": [50.0, 20.0], "bbox_col": [50.0, 20.0], "bbox_length1": [30.0, 9.0],
+             "bbox_length2": [10.0, 3.0], "bbox_phi": [0.6, 0.3], "bbox_label_id": [1, 0]}
+    flat = rotated_boxes.enclosing_axis_parallel(oriented(truth))[0]
+    result = {**{k: [v, truth[k][1]] for k, v in zip(KEYS, flat)}, "bbox_class_id": [1, 0],
+              "bbox_confidence": [0.9, 0.8]}
+    result["bbox_phi"][1] = 0.4  # class 0 keeps its orientation: 0.1 rad off
+    found = detection.measures([result], [truth], params)
+    assert found["map_50"] == 1.0 and found["ap_50_95_per_class"][1] == 1.0  # class 0's angle error costs at IoU 0.9
+    assert found["soap"] == pytest.approx(1 - 0.1 / math.pi)
 
 
 # -- bad input, files -----------------------------------------------------------------------------
@@ -437,6 +454,12 @@ def test_bad_dota_lines_name_the_file_and_line(tmp_path):
     (tmp_path / "dota" / "labelTxt" / "P0000.txt").write_text("1 2 3 4 5 6 7 oops\n")
     with pytest.raises(DLDatasetError, match=r"P0000.txt', line 1: expected 'x1 y1 x2 y2 x3 y3 x4 y4 category"):
         read_dl_dataset_dota(tmp_path / "dota")
+    (tmp_path / "dota" / "labelTxt" / "P0000.txt").write_text("gsd:1\n5 5 5 5 5 5 5 5 ship 0\n")
+    with pytest.raises(DLDatasetError, match=r"P0000.txt', line 2: expected a polygon enclosing an area"):
+        read_dl_dataset_dota(tmp_path / "dota")
+    (tmp_path / "dota" / "labelTxt" / "P0000.txt").write_text("1 1 9 1 9 5 1 5 ship 0\n")
+    with pytest.raises(DLDatasetError, match=r"name \['plane'\] more than once"):
+        read_dl_dataset_dota(tmp_path / "dota", class_names=["plane", "ship", "plane"])
 
 
 def test_the_command_line_trains_an_oriented_detector_from_a_dota_folder(tmp_path):

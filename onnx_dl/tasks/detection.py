@@ -164,12 +164,28 @@ def measures(results: list[dict[str, Any]], samples: list[dict[str, Any]], param
     """``mean_ap`` (IoU 0.5:0.95), mAP@0.5, AP per class and HALCON's nested keys
     (:func:`onnx_dl.measures.detection_measures`, which takes ``options``: ``max_num_detections``,
     ``area_ranges``) with the IoU of the model's box type; oriented boxes add HALCON's ``soap``
-    (:func:`onnx_dl.measures.score_of_angle_precision`)."""
+    (:func:`onnx_dl.measures.score_of_angle_precision`, over the classes that keep their orientation).
+    Ground-truth boxes of ``class_ids_no_orientation`` are compared as the model learns and returns them:
+    axis-parallel."""
     kind = box_types.of_params(params)
-    found = measure.detection_measures(results, samples, params["class_ids"], box_type=kind, **options)
+    truth = [_truth_as_trained(sample, index, params) for index, sample in enumerate(samples)]
+    found = measure.detection_measures(results, truth, params["class_ids"], box_type=kind, **options)
     if isinstance(kind, box_types.Rectangle2):
-        found["soap"] = measure.score_of_angle_precision(results, samples, params["class_ids"], kind)
+        oriented = [c for c in params["class_ids"] if c not in (params.get("class_ids_no_orientation") or [])]
+        found["soap"] = measure.score_of_angle_precision(results, truth, oriented, kind)
     return found
+
+
+def _truth_as_trained(sample: dict[str, Any], index: int, params: dict[str, Any]) -> dict[str, Any]:
+    """A sample whose oriented boxes of ``class_ids_no_orientation`` are their axis-parallel enclosing boxes,
+    as the model is trained on them and returns them (:func:`without_orientation`); other samples as given."""
+    listed = params.get("class_ids_no_orientation") or []
+    if not listed or not isinstance(box_types.of_params(params), box_types.Rectangle2):
+        return sample
+    boxes, labels = rotated_boxes.checked_boxes(sample, index)
+    flat = np.isin(labels, listed)
+    moved = np.where(flat[:, None], rotated_boxes.enclosing_axis_parallel(boxes), boxes)
+    return {**sample, **{key: moved[:, column] for column, key in enumerate(rotated_boxes.BOX_KEYS)}}
 
 
 def synthetic_samples(count: int, size: int = 128, seed: int = 0) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ The network maps an image to one column of class scores per horizontal step, (N,
 for a foreign network; the step axis is the one that grows with the image width); class 0 is the CTC
 blank and class k >= 1 the character ``alphabet[k - 1]``. Samples carry ``word``, a string over the
 alphabet. The loss is CTC (:func:`onnx_dl.ctc.ctc_loss`), the mean over the words of the step. Setting
-``alphabet`` to a different length replaces the score layer, as ``class_ids`` does for a classifier;
+``alphabet`` rebuilds the score layer per character: a character already known keeps its weights, a new
+one starts fresh (a reordered alphabet relabels nothing);
 ``class_ids`` are 0..K-1 and ``class_names`` blank + the alphabet, both derived from it (HALCON's
 Deep OCR names: ``alphabet``, ``alphabet_internal``, the network's characters, and ``alphabet_mapping``,
 characters read as others at inference).
@@ -52,7 +53,8 @@ def single_characters(value: list[str]) -> str | None:
 
 
 PARAMS = (ParamSpec("alphabet", "str_list", None, "the characters the model reads, one per class after the CTC "
-                    "blank (class k is alphabet[k - 1]); a new length replaces the score layer", single_characters),
+                    "blank (class k is alphabet[k - 1]); a new alphabet keeps each known character's weights, new ones "
+                    "start fresh", single_characters),
           ParamSpec("alphabet_internal", "str_list", None, "the characters of the network's score layer, class k "
                     "being alphabet_internal[k - 1]: the alphabet the network was last given (read-only)",
                     settable=False),
@@ -125,6 +127,23 @@ def implied_params(name: str, value: Any, params: dict[str, Any]) -> dict[str, A
         return {}
     return {"class_ids": list(range(len(value) + 1)), "class_names": [BLANK_NAME, *value], "class_weights": None,
             "alphabet_mapping": None}
+
+
+def network_for(name: str, value: Any, network: onnx.ModelProto, params: dict[str, Any]) -> onnx.ModelProto | None:
+    """The network a new ``alphabet`` needs (an optional hook of the handle): when the model already has an
+    alphabet, a score layer whose class for each character keeps that character's trained weights (the blank
+    its own; new characters start fresh), so a reordered or changed alphabet never relabels what was learned
+    (:func:`onnx_dl.score_head.remap_head`); None when nothing changes or no alphabet was set before (the
+    first alphabet names the network's classes)."""
+    old = params.get("alphabet")
+    if name != "alphabet" or old is None or list(value) == list(old):
+        return None
+    logits, steps_first, _, _ = layout(network, params)
+    if steps_first:
+        raise DLParamError(f"the network's scores {logits!r} are (N, T, K): its score layer cannot be rebuilt here, so "
+                           f"its alphabet {old} cannot change (got {list(value)})")
+    position = {ch: k + 1 for k, ch in enumerate(old)}
+    return score_head.remap_head(network, logits, [0, *(position.get(ch) for ch in value)])
 
 
 def network_params(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, Any]:
