@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ DEFAULT_SERIALIZATION = {"type": "best", "basename": "model_best"}  # HALCON's d
 NUM_SAMPLES_MEAN_LOSS = 1000  # mean_loss: the mean total_loss over the last ceil(1000 / batch) iterations [P]
 UPDATE_INTERVAL_SECONDS = 2.0  # a train info at most this often (and after evaluations, and at the end) [P]
 SEED_POOL_SCALE = 2**31 - 1  # the per-sample seeds: floor((2^31 - 1) * u), u uniform in [0, 1) [P]
-INFO_FORMAT = 1
+INFO_FORMAT = 2  # 2: a 'stepped' checkpoint holds the step's losses unrecorded ('pending_step')
 DISPLAY_DEFAULTS: dict[str, Any] = {"enabled": False, "selected_percentage_train_samples": 0, "log_dir": None}
 """``display_param``: ``enabled`` (the progress bar), ``selected_percentage_train_samples`` (the share of
 the train split each evaluation also measures, for ``result_train``; HALCON's default is not in our
@@ -133,17 +134,11 @@ def check_train_param(param: dict[str, Any], model: Any) -> None:
     from .preprocess import check_augment_param
 
     missing = sorted({"num_epochs", "evaluation_interval_epochs", "change_strategies", "serialization_strategies",
-                      "augmentation_param", "evaluation_param", "display_param", "seed_rand"} - set(param))
+                      "augmentation_param", "evaluation_param", "display_param", "seed_rand",
+                      "update_interval_seconds", "num_samples_mean_loss"} - set(param))
     if missing:
         raise DLParamError(f"train param: missing keys {missing}; build it with create_dl_train_param")
-    if not is_number(param["num_epochs"]) or param["num_epochs"] <= 0:
-        raise DLParamError(f"train param 'num_epochs': expected a number > 0, got {param['num_epochs']!r}")
-    if not is_number(param["evaluation_interval_epochs"]) or param["evaluation_interval_epochs"] < 0:
-        raise DLParamError(f"train param 'evaluation_interval_epochs': expected a number >= 0, got "
-                           f"{param['evaluation_interval_epochs']!r}")
-    seed = param["seed_rand"]
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise DLParamError(f"train param 'seed_rand': expected an int >= 0 or None, got {seed!r}")
+    _check_scalars(param)
     if param["augmentation_param"]:
         check_augment_param(param["augmentation_param"])
     if param["evaluation_param"]:
@@ -158,14 +153,46 @@ def check_train_param(param: dict[str, Any], model: Any) -> None:
         check_change_strategy(strategy, model)
     for strategy in param["serialization_strategies"]:
         check_serialization_strategy(strategy)
-    unknown = sorted(set(param["display_param"]) - set(DISPLAY_DEFAULTS))
+    check_display_param(param["display_param"])
+
+
+def _check_scalars(param: dict[str, Any]) -> None:
+    """The numbers and flags of a train param."""
+    checks = [("num_epochs", "a number > 0", lambda v: is_number(v) and v > 0),
+              ("evaluation_interval_epochs", "a number >= 0", lambda v: is_number(v) and v >= 0),
+              ("seed_rand", "an int >= 0 or None", lambda v: v is None or (_is_int(v) and v >= 0)),
+              ("update_interval_seconds", "a number >= 0", lambda v: is_number(v) and v >= 0),
+              ("num_samples_mean_loss", "an int >= 1", lambda v: _is_int(v) and v >= 1),
+              ("evaluate_before_train", "a bool", lambda v: isinstance(v, (bool, np.bool_)))]
+    for key, expected, valid in checks:
+        if key in param and not valid(param[key]):
+            raise DLParamError(f"train param {key!r}: expected {expected}, got {param[key]!r}")
+
+
+def check_display_param(display: Any) -> None:
+    """``display_param``: a dict of :data:`DISPLAY_DEFAULTS`' keys, ``enabled`` a bool,
+    ``selected_percentage_train_samples`` a number in [0, 100], ``log_dir`` a folder path or None."""
+    if not isinstance(display, dict):
+        raise DLParamError(f"train param 'display_param': expected a dict, got {display!r}")
+    unknown = sorted(set(display) - set(DISPLAY_DEFAULTS))
     if unknown:
         raise DLParamError(f"train param 'display_param': unknown keys {unknown}; known: {sorted(DISPLAY_DEFAULTS)}")
+    checks = [("enabled", "a bool", lambda v: isinstance(v, (bool, np.bool_))),
+              ("selected_percentage_train_samples", "a number in [0, 100]", lambda v: is_number(v) and 0 <= v <= 100),
+              ("log_dir", "a folder path (str or os.PathLike) or None",
+               lambda v: v is None or isinstance(v, (str, os.PathLike)))]
+    for key, expected, valid in checks:
+        if key in display and not valid(display[key]):
+            raise DLParamError(f"train param 'display_param' key {key!r}: expected {expected}, got {display[key]!r}")
 
 
 def is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_change_strategy(strategy: dict[str, Any], model: Any) -> None:
@@ -175,9 +202,7 @@ def check_change_strategy(strategy: dict[str, Any], model: Any) -> None:
     if not isinstance(name, str):
         raise DLParamError(f"change strategy {strategy}: expected 'model_param', the name of a model parameter")
     P.settable_spec(name, model.params["type"])
-    epochs, values = list(np.atleast_1d(strategy.get("epochs", []))), list(strategy.get("values", []))
-    if isinstance(strategy.get("values"), (int, float)):
-        values = [strategy["values"]]
+    epochs, values = list(np.atleast_1d(strategy.get("epochs", []))), strategy_values(strategy)
     if not epochs or len(epochs) != len(values) or not all(is_number(e) for e in epochs) \
             or any(b <= a for a, b in zip(epochs, epochs[1:])):
         raise DLParamError(f"change strategy of {name!r}: expected rising 'epochs' and one value per epoch, got "
@@ -245,10 +270,23 @@ def mean_loss(train_results: list[dict[str, float]], num_samples: int, batch: in
 def strategy_value(strategy: dict[str, Any], epoch: float) -> Any:
     """The value of a change strategy at (fractional) ``epoch``: ``values[k]`` of the last ``epochs[k] <=
     epoch``, else ``initial_value``."""
-    epochs = np.atleast_1d(strategy["epochs"])
-    values = strategy["values"] if isinstance(strategy["values"], (list, tuple)) else [strategy["values"]]
+    epochs, values = np.atleast_1d(strategy["epochs"]), strategy_values(strategy)
     reached = int(np.searchsorted(epochs, epoch, side="right"))
     return strategy["initial_value"] if reached == 0 else values[reached - 1]
+
+
+def strategy_values(strategy: dict[str, Any]) -> list[Any]:
+    """A change strategy's ``values`` as a list: a list, tuple or 1-d array as it is, one value (a number or
+    a string, HALCON's tuple of one) as a list of it."""
+    values = strategy.get("values")
+    if isinstance(values, np.ndarray) and values.ndim <= 1:
+        return list(np.atleast_1d(values).tolist())
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    if is_number(values) or isinstance(values, str):
+        return [values]
+    raise DLParamError(f"change strategy of {strategy.get('model_param')!r}: 'values' expected a number or a list of "
+                       f"values (one per epoch), got {values!r}")
 
 
 def apply_change_strategies(model: Any, strategies: list[dict[str, Any]], epoch: float,

@@ -25,7 +25,7 @@ from . import train_param as TP
 from .errors import DLParamError
 from .evaluation import evaluate_dl_model, main_measure
 from .model import DLModel
-from .operators import set_dl_model_param, train_dl_model_batch
+from .operators import get_dl_model_param, set_dl_model_param, train_dl_model_batch
 from .preprocess import sample_kind
 from .serialization import write_dl_model
 
@@ -115,18 +115,23 @@ class _Samples:
         self.cache: dict[int, dict[str, Any]] = {}
 
     def get(self, indices: list[int]) -> list[dict[str, Any]]:
-        from .preprocess import preprocess_dl_samples
-
         missing = [i for i in indices if i not in self.cache]
-        if missing and "dlsample_dir" in self.dataset:  # preprocess_dl_dataset wrote them: HALCON's read_dl_samples
-            from .halcon_preprocess import read_dl_samples
-
-            self.cache.update(zip(missing, read_dl_samples(self.dataset, missing)))
-        elif missing:
-            for index, sample in zip(missing, preprocess_dl_samples(ds.gen_dl_samples(self.dataset, missing),
-                                                                    self.model.params)):
-                self.cache[index] = sample
+        if missing:
+            self.cache.update(zip(missing, prepared_samples(self.dataset, missing, self.model.params)))
         return [self.cache[i] for i in indices]
+
+
+def prepared_samples(dataset: dict[str, Any], indices: list[int], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training samples of the dataset entries ``indices``: those ``preprocess_dl_dataset`` wrote when the
+    dataset has its ``dlsample_dir`` (HALCON's ``read_dl_samples``), else the entries read and preprocessed for
+    a model with ``params`` (the rule of both training loops and of data-parallel workers)."""
+    if "dlsample_dir" in dataset:
+        from .halcon_preprocess import read_dl_samples
+
+        return read_dl_samples(dataset, indices)
+    from .preprocess import preprocess_dl_samples
+
+    return preprocess_dl_samples(ds.gen_dl_samples(dataset, indices), params)
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -301,7 +306,9 @@ def _evaluate(model: DLModel, dataset: dict[str, Any], validation: list[int], sa
 class _RunState:
     """What a checkpoint of HALCON's loop holds besides the model: where the run stands (``phase`` of
     iteration ``next_iteration``: 'start', 'applied' after its change strategies, 'stepped' after its
-    training step), the results and infos so far, the best comparison value and a momentum to restore."""
+    training step), the results and infos so far, the best comparison value, a momentum to restore and,
+    when 'stepped', the step's losses and timing not yet recorded (``pending_step``: its train result,
+    log row, evaluation, info and files all run after the checkpoint, again on a resume)."""
 
     next_iteration: int = 0
     phase: str = "start"
@@ -311,22 +318,24 @@ class _RunState:
     best: float | None = None
     momentum_to_restore: float | None = None
     log_rows: int = 0  # rows of log.csv (header aside) written so far
+    pending_step: dict[str, Any] | None = None  # {'losses', 'images', 'seconds'} of the step taken, to record
 
     def saved(self, run: str, next_iteration: int, phase: str) -> dict[str, Any]:
         """The checkpoint's JSON state at ``next_iteration`` / ``phase``."""
         return {"run": run, "next_iteration": next_iteration, "phase": phase,
                 "step_done": int(phase == "stepped"), "train_results": self.train_results,
                 "train_infos": self.train_infos, "evaluation_infos": self.evaluation_infos, "best": self.best,
-                "momentum_to_restore": self.momentum_to_restore, "log_rows": self.log_rows}
+                "momentum_to_restore": self.momentum_to_restore, "log_rows": self.log_rows,
+                "pending_step": self.pending_step if phase == "stepped" else None}
 
-    def mark(self) -> tuple[int, int, float | None, int]:
-        """What :meth:`roll_back` returns to: the infos, the best value and the log rows now."""
-        return len(self.train_infos), len(self.evaluation_infos), self.best, self.log_rows
+    def mark(self) -> tuple[int, int, int, float | None, int]:
+        """What :meth:`roll_back` returns to: the results, the infos, the best value and the log rows now."""
+        return len(self.train_results), len(self.train_infos), len(self.evaluation_infos), self.best, self.log_rows
 
-    def roll_back(self, mark: tuple[int, int, float | None, int]) -> None:
-        """Forget what an interrupted evaluation / info / serialisation step added."""
-        del self.train_infos[mark[0]:], self.evaluation_infos[mark[1]:]
-        self.best, self.log_rows = mark[2], mark[3]
+    def roll_back(self, mark: tuple[int, int, int, float | None, int]) -> None:
+        """Forget what an interrupted record / evaluation / info / serialisation step added."""
+        del self.train_results[mark[0]:], self.train_infos[mark[1]:], self.evaluation_infos[mark[2]:]
+        self.best, self.log_rows = mark[3], mark[4]
 
 
 class _HalconRun:
@@ -399,42 +408,41 @@ class _HalconRun:
             raise DLParamError(f"train_dl_model(start_epoch='resume'): the model has taken {steps} solver steps, the "
                                f"checkpoint {str(model_path)!r} {info['solver_steps']}; read the model from that file")
         self.state = _RunState(info["next_iteration"], info["phase"], info["train_results"], info["train_infos"],
-                               info["evaluation_infos"], info["best"], info["momentum_to_restore"], info["log_rows"])
+                               info["evaluation_infos"], info["best"], info["momentum_to_restore"], info["log_rows"],
+                               info["pending_step"])
 
     # -- the loop -----------------------------------------------------------------------------
     def run_loop(self) -> None:
-        """Iterations from the state's on; a Ctrl-C writes the 'interrupted' checkpoints and is raised again."""
-        state, strategies = self.state, self.param["change_strategies"]
+        """Iterations from the state's on; a Ctrl-C writes the 'interrupted' checkpoints and is raised again.
+
+        What an iteration recorded since its start (``self.mark``) is rolled back before the checkpoint is
+        written, so that it holds the model and the state of one phase exactly: 'start' (the change
+        strategies not applied), 'applied' (the step not taken) or 'stepped' (the step taken, its losses
+        pending, nothing of it recorded)."""
+        state = self.state
         i, phase = state.next_iteration, state.phase
         bar = _progress(self.num_iterations, bool(self.param["display_param"]["enabled"]))
         if bar is not None:
             bar.update(min(i, self.num_iterations))
         try:
+            self.mark = state.mark()
             if i == 0 and phase == "start" and self.param.get("evaluate_before_train") and not state.evaluation_infos:
                 self._after_step(-1, evaluate=True)
             while i < self.num_iterations:
-                epoch = i / self.per_epoch
+                self.mark = state.mark()
                 if phase == "start":
-                    state.momentum_to_restore = TP.apply_change_strategies(self.model, strategies, epoch,
-                                                                           state.momentum_to_restore)
+                    i = self._apply_change_strategies(i)
                     phase = "applied"
-                    if self._read_batch():  # a strategy changed the batch size: HALCON recounts [P]
-                        i = math.floor(epoch * self.per_epoch)
-                        if i >= self.num_iterations:
-                            break
-                if phase == "applied":
-                    self._step(i)
-                    phase = "stepped"
-                    if bar is not None:
-                        bar.set_postfix(epoch=f"{(i + 1) / self.per_epoch:.2f}",
-                                        loss=f"{state.train_results[-1]['total_loss']:.4f}")
-                        bar.update(1)
+                    if i >= self.num_iterations:
+                        break
+                if phase == "applied":  # marked 'stepped' as soon as the model has stepped, before any recording
+                    state.pending_step, phase = self._step(i), "stepped"
+                self._record_step(i, bar)
                 self._after_step(i, evaluate=TP.evaluation_due(i, self.per_epoch, self.num_iterations,
                                                                self.param["evaluation_interval_epochs"]))
-                i, phase = i + 1, "start"
+                i, phase, state.pending_step = i + 1, "start", None
         except KeyboardInterrupt:
-            if phase == "stepped":  # interrupted after the step: its evaluation, info and files run again
-                state.roll_back(self.mark)
+            state.roll_back(self.mark)
             for basename in TP.interrupt_basenames(self.param["serialization_strategies"]):
                 TP.write_checkpoint(self.model, basename, state.saved(self.run, i, phase))
             raise
@@ -445,21 +453,51 @@ class _HalconRun:
                 set_dl_model_param(self.model, "momentum", state.momentum_to_restore)
                 state.momentum_to_restore = None
 
-    def _step(self, i: int) -> None:
-        """Train batch ``i`` of the stream with the augmentation seeded from the batch's last seed [P]."""
+    def _apply_change_strategies(self, i: int) -> int:
+        """The change strategies before iteration ``i`` [P]; returns ``i``, recounted when they changed the
+        batch size. On any exception (a Ctrl-C too) the model's parameters, the momentum to restore and the
+        batch are left as they were, so that a 'start' checkpoint applies them again on a resume."""
+        state, strategies, epoch = self.state, self.param["change_strategies"], i / self.per_epoch
+        names = dict.fromkeys([*(s["model_param"] for s in strategies), "momentum"])
+        before = {name: get_dl_model_param(self.model, name) for name in names}
+        restore = state.momentum_to_restore
+        try:
+            state.momentum_to_restore = TP.apply_change_strategies(self.model, strategies, epoch, restore)
+            if self._read_batch():  # a strategy changed the batch size: HALCON recounts [P]
+                i = math.floor(epoch * self.per_epoch)
+        except BaseException:
+            for name, value in before.items():
+                if not np.array_equal(np.asarray(get_dl_model_param(self.model, name)), np.asarray(value)):
+                    set_dl_model_param(self.model, name, value)
+            state.momentum_to_restore = restore
+            self._read_batch()
+            raise
+        return i
+
+    def _step(self, i: int) -> dict[str, Any]:
+        """Train batch ``i`` of the stream with the augmentation seeded from the batch's last seed [P];
+        returns ``{losses, images, seconds}`` of the step, for :meth:`_record_step` (after the step
+        only the clock is read, so that the caller marks it taken at once)."""
         end = (i + 1) * self.batch
         chosen = [int(k) for k in self.stream[i * self.batch:end]]
         start = time.perf_counter()
         losses = train_step(self.model, self.runner, self.dataset, self.samples, chosen,
                             self.param["augmentation_param"] or None, int(self.seeds[end - 1]))
-        speed = len(chosen) / (time.perf_counter() - start)
-        self.state.train_results.append({k: float(v) for k, v in losses.items()})
-        self._log_step(i, losses, speed)
+        return {"losses": losses, "images": len(chosen), "seconds": time.perf_counter() - start}
+
+    def _record_step(self, i: int, bar: Any) -> None:
+        """The pending step's train result, log row and progress."""
+        pending = self.state.pending_step
+        losses = {k: float(v) for k, v in pending["losses"].items()}
+        self.state.train_results.append(losses)
+        self._log_step(i, losses, pending["images"] / pending["seconds"])
+        if bar is not None:
+            bar.set_postfix(epoch=f"{(i + 1) / self.per_epoch:.2f}", loss=f"{losses['total_loss']:.4f}")
+            bar.update(1)
 
     def _after_step(self, i: int, evaluate: bool) -> None:
         """HALCON's order after a step: the evaluation, a train info, the serialisation strategies."""
         state, improved = self.state, False
-        self.mark = state.mark()
         if evaluate:
             info = self._evaluation(i)
             state.evaluation_infos.append(info)
@@ -490,7 +528,7 @@ class _HalconRun:
             chosen = np.random.default_rng([self.seed, i + 1]).permutation(self.train)[:count]
             result_train = evaluate_dl_model(self.model, self.dataset, samples=self.samples.get([int(k) for k in chosen]),
                                              gen_param=gen_param)
-        return {"epoch": max(i, 0) / self.per_epoch, "iteration": max(i, 0), "result": result,
+        return {"epoch": (i + 1) / self.per_epoch if i >= 0 else 0.0, "iteration": max(i, 0), "result": result,
                 "result_train": result_train}
 
     def _train_info(self, i: int, now: float) -> dict[str, Any]:
@@ -535,7 +573,8 @@ class _HalconRun:
 
     def _log_evaluation(self, i: int, value: float) -> None:
         if self.log is not None:
-            self.log.writerow([f"{max(i, 0) / self.per_epoch:.6g}", len(self.state.train_results), "", "", "",
+            epoch = (i + 1) / self.per_epoch if i >= 0 else 0.0  # the train info's epoch of the same model
+            self.log.writerow([f"{epoch:.6g}", len(self.state.train_results), "", "", "",
                                f"{value:.6f}"])
             self.log_file.flush()
             self.state.log_rows += 1
@@ -568,21 +607,27 @@ def train_with_param(model: DLModel, dataset: dict[str, Any], train_param: dict[
     * Before iteration i: the change strategies at epoch ``i / per_epoch``
       (:func:`onnx_dl.train_param.apply_change_strategies`).
     * After it: the evaluation when due (:func:`onnx_dl.train_param.evaluation_due`; an info ``{epoch,
-      iteration, result, result_train}``, ``result`` from :func:`~onnx_dl.evaluation.evaluate_dl_model`
+      iteration, result, result_train}``, ``epoch`` = (i + 1) / per_epoch as in the train info of the same
+      model, 0 for ``evaluate_before_train``'s, ``result`` from :func:`~onnx_dl.evaluation.evaluate_dl_model`
       with ``evaluation_param``); a train info (``epoch`` = (i + 1) / per_epoch, ``iteration``,
       ``mean_loss``, the model parameters, ``time_elapsed``, ...) at most every
       ``update_interval_seconds`` (0: every iteration), after an evaluation and after the last; then the
       serialisation strategies (:func:`onnx_dl.train_param.due_serializations`; 'best' compares the mean
       of the ``evaluation_comparison_keys``).
-    * Ctrl-C: the step that was running changes nothing; the 'interrupted' strategies write the state
-      and the KeyboardInterrupt is raised again. ``start_epoch='resume'`` with the model read from
-      :func:`onnx_dl.train_param.latest_checkpoint` continues bit for bit: weights, results and infos
-      (but times) equal the uninterrupted run's.
+    * Ctrl-C: the step that was running changes nothing (a step that has returned counts as taken, its
+      recording runs again on a resume), nor do change strategies half applied; the 'interrupted'
+      strategies write the state and the KeyboardInterrupt is raised again. ``start_epoch='resume'`` with
+      the model read from :func:`onnx_dl.train_param.latest_checkpoint` continues bit for bit: weights,
+      results and infos (but times) equal the uninterrupted run's. A ``start_epoch`` above ``num_epochs``
+      is refused [P].
     * ``display_param``: ``enabled`` shows a progress bar; ``log_dir`` gets ``log.csv`` (one row per step
       and per evaluation; ``epoch`` fractional) and ``training.png``.
     """
-    run = _HalconRun(model, dataset, train_param, runner)
-    if TP.is_number(start_epoch) and start_epoch >= train_param["num_epochs"]:
+    run = _HalconRun(model, dataset, train_param, runner)  # checks train_param before anything changes
+    if TP.is_number(start_epoch) and start_epoch > train_param["num_epochs"]:
+        raise DLParamError(f"train_dl_model: start_epoch expected at most num_epochs {train_param['num_epochs']}, "
+                           f"got {start_epoch!r}")  # [P]
+    if TP.is_number(start_epoch) and start_epoch == train_param["num_epochs"]:
         return [], [], []  # nothing to do [P]
     run.restore(start_epoch)
     TP.check_momentum_scaling(model, train_param["change_strategies"],

@@ -79,11 +79,59 @@ def detection_key(dataset: dict) -> list[str]:
     (["serialize"], [{"type": "epochs", "basename": "x"}], "type 'epochs' expects 'epochs'"),
     (["augment"], [{"mirror": "diagonal"}], "mirror"),
     (["display"], [{"colour": "red"}], "unknown keys"),
+    (["display"], [{"enabled": "yes"}], r"'enabled': expected a bool, got 'yes'"),
+    (["display"], [{"selected_percentage_train_samples": 150}], r"'selected_percentage_train_samples': expected a "
+                                                                  r"number in \[0, 100\], got 150"),
+    (["display"], [{"selected_percentage_train_samples": "10"}], "'selected_percentage_train_samples'"),
+    (["display"], [{"log_dir": 3}], r"'log_dir': expected a folder path .* or None, got 3"),
+    (["change"], [{"model_param": "learning_rate", "epochs": [1], "values": {"a": 0.1}}],
+     r"'values' expected a number or a list of values .*, got \{'a': 0.1\}"),
+    (["change"], [{"model_param": "learning_rate", "epochs": [1]}], "'values' expected a number or a list"),
     (["evaluate"], [{"max_num_detections": 10}], "apply to detection models"),
 ])
 def test_bad_train_params_are_refused(dataset: dict, names: list, values: list, message: str) -> None:
     with pytest.raises((dl.DLParamError, dl.DLSampleError), match=message):
         create_dl_train_param(_model(dataset), 2, 1, False, 1, names, values)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("update_interval_seconds", "2", "'update_interval_seconds': expected a number >= 0, got '2'"),
+    ("update_interval_seconds", -1, "'update_interval_seconds': expected a number >= 0, got -1"),
+    ("num_samples_mean_loss", 0, "'num_samples_mean_loss': expected an int >= 1, got 0"),
+    ("num_samples_mean_loss", 2.5, "'num_samples_mean_loss': expected an int >= 1, got 2.5"),
+    ("evaluate_before_train", "true", "'evaluate_before_train': expected a bool, got 'true'"),
+    ("display_param", {"enabled": 1}, "'enabled': expected a bool, got 1"),
+    ("display_param", {"selected_percentage_train_samples": -5}, "'selected_percentage_train_samples'"),
+    ("display_param", {"log_dir": ["x"]}, "'log_dir'"),
+    ("display_param", None, "'display_param': expected a dict, got None"),
+])
+def test_bad_train_param_values_are_refused_before_any_step(dataset: dict, key: str, value: Any,
+                                                            message: str) -> None:
+    """A bad value set in the dict after create_dl_train_param: a DLParamError naming the key, what was
+    expected and what came, before the first step (the model is left as it was)."""
+    model = _model(dataset)
+    param = create_dl_train_param(model, 1, 1, False, 1)
+    param["serialization_strategies"] = []
+    if key == "display_param" and value is not None:
+        value = dict(param["display_param"], **value)
+    param[key] = value
+    with pytest.raises(dl.DLParamError, match=message):
+        TP.check_train_param(param, model)
+    before = _weights(model)
+    with pytest.raises(dl.DLParamError, match=message):
+        training.train_dl_model(model, dataset, param)
+    assert model.solver_state() is None and _weights(model) == before
+
+
+def test_change_strategy_values_may_be_one_number(dataset: dict) -> None:
+    """A change strategy's 'values' may be one number (HALCON's tuple of one), as strategy_value reads it."""
+    model = _model(dataset)
+    param = create_dl_train_param(model, 2, 1, False, 1, "change",
+                                  {"model_param": "learning_rate", "epochs": 1, "values": 0.01})
+    strategy = param["change_strategies"][0]
+    assert [TP.strategy_value(strategy, e) for e in (0, 0.99, 1, 2)] == [0.05, 0.05, 0.01, 0.01]
+    with pytest.raises(dl.DLParamError, match="one value per epoch"):
+        TP.check_change_strategy(dict(strategy, epochs=[1, 2]), model)
 
 
 def test_bad_loop_arguments_are_refused(dataset: dict, tmp_path: Path) -> None:
@@ -95,6 +143,8 @@ def test_bad_loop_arguments_are_refused(dataset: dict, tmp_path: Path) -> None:
         training.train_dl_model(model, dataset, param, "resume")
     with pytest.raises(dl.DLParamError, match="start_epoch expected"):
         training.train_dl_model(model, dataset, param, -1)
+    with pytest.raises(dl.DLParamError, match=r"start_epoch expected at most num_epochs 1, got 1.5"):  # [P]
+        training.train_dl_model(model, dataset, param, 1.5)
     rising = create_dl_train_param(model, 2, 1, False, 1, "change", {"model_param": "learning_rate", "epochs": [1],
                                                                      "values": [0.5], "scale_momentum_threshold": 2})
     with pytest.raises(dl.DLParamError, match="scaled by the rate's change 10 is 9"):  # checked before any step
@@ -203,7 +253,9 @@ def test_loop_records_halcon_infos_and_serialises(dataset: dict, tmp_path: Path)
     param = _param(model, tmp_path)
     results, infos, evaluations = training.train_dl_model(dataset, model, param)  # HALCON's argument order
     assert len(results) == 14 and all(set(r) >= {"total_loss", "loss_cross_entropy"} for r in results)
-    assert [(e["iteration"], e["epoch"]) for e in evaluations] == [(4, 1.0), (8, 2.0), (12, 3.0), (13, 3.25)]
+    # after iteration i the model has done i + 1 steps: epoch (i + 1) / 4, as in the train info of that iteration
+    assert [(e["iteration"], e["epoch"]) for e in evaluations] == [(4, 1.25), (8, 2.25), (12, 3.25), (13, 3.5)]
+    assert all(e["epoch"] == infos[e["iteration"]]["epoch"] for e in evaluations)
     assert all(set(e["result_train"]) >= {"top1_error"} for e in evaluations)  # 50 % of the train split
     assert [i["iteration"] for i in infos] == list(range(14)) and infos[-1]["epoch"] == 3.5
     losses = [r["total_loss"] for r in results]
@@ -220,44 +272,95 @@ def test_loop_records_halcon_infos_and_serialises(dataset: dict, tmp_path: Path)
     assert not (tmp_path / "interrupted.onnx").exists()
     log = _log(tmp_path)
     assert len(log) == 1 + 14 + 4 and (tmp_path / "training.png").stat().st_size > 1000
+    evaluation_rows = [k for k, row in enumerate(log) if k and row[4]]  # validation_measure (speed dropped)
+    assert [log[k][0] for k in evaluation_rows] == ["1.25", "2.25", "3.25", "3.5"]
+    assert all(log[k][0] == log[k - 1][0] for k in evaluation_rows)  # the epoch of the step just before
 
 
-@pytest.mark.parametrize("where", ["step", "evaluation"])
-def test_interrupted_and_resumed_run_equals_the_straight_run(dataset: dict, tmp_path: Path,
+@pytest.fixture(scope="module")
+def straight_run(dataset: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dl.DLModel, tuple]:
+    """The uninterrupted run of :func:`_param`: its folder, its model and what it returned."""
+    folder = tmp_path_factory.mktemp("runs") / "straight"
+    model = _model(dataset)
+    return folder, model, training.train_dl_model(model, dataset, _param(model, folder))
+
+
+def _interrupt_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during step 7 (after the learning rate fell and the momentum was scaled)."""
+    real, calls = training.train_dl_model_batch, []
+
+    def interrupted(m: dl.DLModel, samples: list) -> dict:
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(m, samples)
+    monkeypatch.setattr(training, "train_dl_model_batch", interrupted)
+
+
+def _interrupt_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the evaluation after iteration 8: validation (3rd call) done, the train share interrupted."""
+    real, calls = training.evaluate_dl_model, []
+
+    def interrupted(*args: Any, **kwargs: Any) -> dict:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(training, "evaluate_dl_model", interrupted)
+
+
+def _interrupt_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the logging of step 7, after its row was written and flushed: the model has stepped."""
+    real, calls = training._HalconRun._log_step, []
+
+    def interrupted(run: Any, *args: Any) -> None:
+        real(run, *args)
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(training._HalconRun, "_log_step", interrupted)
+
+
+def _interrupt_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in apply_change_strategies before iteration 6, right after the learning rate fell and the
+    scaled momentum was set, before it returns the momentum to restore."""
+    real = TP.set_dl_model_param
+
+    def interrupted(m: dl.DLModel, name: str, value: Any) -> None:
+        real(m, name, value)
+        if name == "momentum" and value != 0.9:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(TP, "set_dl_model_param", interrupted)
+
+
+INTERRUPTIONS = {"step": (_interrupt_step, (6, "applied")), "evaluation": (_interrupt_evaluation, (8, "stepped")),
+                 "log": (_interrupt_log, (6, "stepped")), "change": (_interrupt_change, (6, "start"))}
+
+
+@pytest.mark.parametrize("where", list(INTERRUPTIONS))
+def test_interrupted_and_resumed_run_equals_the_straight_run(dataset: dict, tmp_path: Path, straight_run: tuple,
                                                              monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """Ctrl-C during step 7 (after the learning rate fell and the momentum was scaled) or during the
-    evaluation after iteration 8; 'resume' with the model read from the latest checkpoint: weights
-    byte-equal, train results, evaluation infos, train infos (but times) and log rows equal."""
-    straight = _model(dataset)
-    expected = training.train_dl_model(straight, dataset, _param(straight, tmp_path / "straight"))
-
+    """Ctrl-C in a step, an evaluation, the logging after a step or the change strategies; 'resume' with the
+    model read from the latest checkpoint: weights byte-equal, train results, evaluation infos, train infos
+    (but times) and log rows equal to the straight run's (no step trained twice, no momentum left scaled)."""
+    straight_folder, straight, expected = straight_run
     model = _model(dataset)
     param = _param(model, tmp_path / "resumed")
-    if where == "step":
-        real, calls = training.train_dl_model_batch, []
-
-        def interrupted(m: dl.DLModel, samples: list) -> dict:
-            calls.append(1)
-            if len(calls) == 7:
-                raise KeyboardInterrupt
-            return real(m, samples)
-        monkeypatch.setattr(training, "train_dl_model_batch", interrupted)
-    else:
-        real_evaluate, evaluations = training.evaluate_dl_model, []
-
-        def interrupted_evaluation(*args: Any, **kwargs: Any) -> dict:
-            evaluations.append(1)
-            if len(evaluations) == 4:  # iteration 8: validation (3rd call) done, the train share interrupted
-                raise KeyboardInterrupt
-            return real_evaluate(*args, **kwargs)
-        monkeypatch.setattr(training, "evaluate_dl_model", interrupted_evaluation)
+    interrupt, where_saved = INTERRUPTIONS[where]
+    interrupt(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         training.train_dl_model(model, dataset, param)
     monkeypatch.undo()
     checkpoint = latest_checkpoint(param)
     assert checkpoint == tmp_path / "resumed" / "interrupted.onnx"
     state = TP.read_checkpoint(TP.info_path_of(checkpoint))
-    assert (state["next_iteration"], state["phase"]) == ((6, "applied") if where == "step" else (8, "stepped"))
+    assert (state["next_iteration"], state["phase"]) == where_saved
+    assert len(state["train_results"]) == state["next_iteration"]  # the interrupted step is not recorded yet
+    assert (state["pending_step"] is not None) == (state["phase"] == "stepped")
+    if where == "change":  # the checkpoint is the state before the strategies: they apply again on the resume
+        saved = dl.read_dl_model(checkpoint)
+        assert (saved.params["learning_rate"], saved.params["momentum"]) == (0.05, 0.9)
+        assert state["momentum_to_restore"] is None
     with pytest.raises(dl.DLParamError, match="read the model from that file"):
         training.train_dl_model(_model(dataset), dataset, param, "resume")
     resumed = dl.read_dl_model(checkpoint)
@@ -267,10 +370,11 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(dataset: dict, tmp_
     assert _untimed(got[1]) == _untimed(expected[1])
     assert got[1][-1]["start_epoch"] == state["next_iteration"] / 4 and expected[1][-1]["start_epoch"] == 0
     assert repr(got[2]) == repr(expected[2])  # measures hold arrays and NaN: compared by their text
-    assert _log(tmp_path / "resumed") == _log(tmp_path / "straight")
+    assert _log(tmp_path / "resumed") == _log(straight_folder)
+    assert resumed.params["momentum"] == straight.params["momentum"] == 0.9
     for name in ("best", "final", "every_epoch_3"):
         assert _weights(dl.read_dl_model(tmp_path / "resumed" / f"{name}.onnx")) == \
-            _weights(dl.read_dl_model(tmp_path / "straight" / f"{name}.onnx")), name
+            _weights(dl.read_dl_model(straight_folder / f"{name}.onnx")), name
 
 
 def test_start_epoch_continues_from_an_epoch_checkpoint(dataset: dict, tmp_path: Path) -> None:
@@ -376,11 +480,12 @@ def test_a_batch_size_strategy_recounts_the_iterations(dataset: dict, monkeypatc
 
 
 def test_evaluate_before_train(dataset: dict, tmp_path: Path) -> None:
-    """evaluate_before_train: one more evaluation, of the untrained model, recorded at iteration 0, epoch 0."""
+    """evaluate_before_train: one more evaluation, of the untrained model, recorded at iteration 0, epoch 0;
+    the last after the 4 steps of the epoch, at epoch 1."""
     model = _model(dataset)
     untrained = dl.evaluation.evaluate_dl_model(model, dataset)["top1_error"]
     param = create_dl_train_param(model, 1, 1, False, 1, "serialize", {"type": "best", "basename": str(tmp_path / "b")})
     param["evaluate_before_train"], param["update_interval_seconds"] = True, 1e9  # infos: the first, evaluations, the last
     _, infos, evaluations = training.train_dl_model(model, dataset, param)
-    assert [(e["iteration"], e["epoch"]) for e in evaluations] == [(0, 0.0), (3, 0.75)]
+    assert [(e["iteration"], e["epoch"]) for e in evaluations] == [(0, 0.0), (3, 1.0)]
     assert evaluations[0]["result"]["top1_error"] == untrained and [i["iteration"] for i in infos] == [0, 3]
