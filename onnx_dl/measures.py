@@ -217,29 +217,38 @@ def _boxes_of(entry: dict[str, Any], index: int, what: str, label_key: str,
     return box_type.checked(entry, index, label_key, what, positive_size=False)
 
 
-def _true_positives(boxes: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
-                    gt_ignored: np.ndarray | None = None, box_type: BoxType = RECTANGLE1) -> np.ndarray:
-    """(T, D) whether each detection (already by descending confidence) matches a ground-truth box:
-    1 a box, 0 none, -1 an ignored box (``gt_ignored``, e.g. outside the area range; such a detection
-    counts neither as a true nor as a false positive).
+def _greedy_matches(iou: np.ndarray, thresholds: np.ndarray, gt_ignored: np.ndarray | None = None) -> np.ndarray:
+    """(T, D) the ground-truth box each detection (rows of ``iou`` (D, G), by descending confidence) takes
+    at each IoU threshold, -1 for none.
 
     COCO's greedy rule per threshold t: a detection takes the unmatched box of highest IoU >= t,
     a box that is not ignored before an ignored one (pycocotools' ``evaluateImg``).
     """
-    hits = np.zeros((len(thresholds), len(boxes)), np.int8)
-    if len(gt_boxes) == 0:
-        return hits
-    iou = box_type.iou(boxes, gt_boxes)
-    ignored = np.zeros(len(gt_boxes), bool) if gt_ignored is None else np.asarray(gt_ignored, bool)
+    matches = np.full((len(thresholds), len(iou)), -1, np.int64)
+    if iou.shape[1] == 0:
+        return matches
+    ignored = np.zeros(iou.shape[1], bool) if gt_ignored is None else np.asarray(gt_ignored, bool)
     rank_bonus = np.where(ignored, 0.0, 2.0)  # IoU <= 1: any box kept outranks every ignored one
-    taken = np.zeros((len(thresholds), len(gt_boxes)), bool)
+    taken = np.zeros((len(thresholds), iou.shape[1]), bool)
     for detection, overlaps in enumerate(iou):  # sequential: earlier detections take boxes first
         allowed = ~taken & (overlaps[None, :] >= thresholds[:, None])
         best = np.where(allowed, (overlaps + rank_bonus)[None, :], -1.0).argmax(axis=1)
         hit = allowed.any(axis=1)
         taken[hit, best[hit]] = True
-        hits[:, detection] = np.where(hit, np.where(ignored[best], -1, 1), 0)
-    return hits
+        matches[hit, detection] = best[hit]
+    return matches
+
+
+def _true_positives(boxes: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
+                    gt_ignored: np.ndarray | None = None, box_type: BoxType = RECTANGLE1) -> np.ndarray:
+    """(T, D) whether each detection (already by descending confidence) matches a ground-truth box
+    (:func:`_greedy_matches`): 1 a box, 0 none, -1 an ignored box (``gt_ignored``, e.g. outside the area
+    range; such a detection counts neither as a true nor as a false positive)."""
+    if len(gt_boxes) == 0:
+        return np.zeros((len(thresholds), len(boxes)), np.int8)
+    ignored = np.zeros(len(gt_boxes), bool) if gt_ignored is None else np.asarray(gt_ignored, bool)
+    matches = _greedy_matches(box_type.iou(boxes, gt_boxes), thresholds, ignored)
+    return np.where(matches < 0, 0, np.where(ignored[np.maximum(matches, 0)], -1, 1)).astype(np.int8)
 
 
 def _box_areas(boxes: np.ndarray) -> np.ndarray:
@@ -453,14 +462,10 @@ def score_of_angle_precision(results: list[dict[str, Any]], samples: list[dict[s
         for cid in set(int(i) for i in labels) & set(int(i) for i in gt_labels) & set(class_ids):
             mine, theirs = np.nonzero(labels == cid)[0], gt_boxes[gt_labels == cid]
             mine = mine[np.argsort(-confidence[mine], kind="stable")]
-            overlaps, taken = box_type.iou(boxes[mine], theirs), np.zeros(len(theirs), bool)
-            for row, detection in enumerate(mine):
-                allowed = ~taken & (overlaps[row] >= iou)
-                if allowed.any():
-                    best = int(np.where(allowed, overlaps[row], -1.0).argmax())
-                    taken[best] = True
-                    gap = normalize_angle(boxes[detection, 4] - theirs[best, 4], box_type.ignore_direction)
-                    gaps.append(abs(float(gap)))
+            matched = _greedy_matches(box_type.iou(boxes[mine], theirs), np.array([iou]))[0]
+            found = matched >= 0
+            turn = normalize_angle(boxes[mine[found], 4] - theirs[matched[found], 4], box_type.ignore_direction)
+            gaps.extend(np.abs(turn).tolist())
     largest = 0.5 * np.pi if box_type.ignore_direction else np.pi
     return 1.0 - float(np.mean(gaps)) / largest if gaps else float("nan")
 
