@@ -175,7 +175,7 @@ class DLModel:
                                "state was dropped); set it to False to train again from a fresh solver state")
 
     def _commit(self, network: onnx.ModelProto, params: dict[str, Any]) -> None:
-        params = network_params(self.kind, network, params)
+        params = network_params(self.kind, network, params, self._params if network is self._network else None)
         if network is not self._network:
             self._network = network
             self._inference = None
@@ -360,8 +360,10 @@ def from_network(network: onnx.ModelProto, model_type: str, stored: dict[str, An
     return DLModel(network, network_params(kind, network, params))
 
 
-def network_params(kind: types.ModelType, network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, Any]:
+def network_params(kind: types.ModelType, network: onnx.ModelProto, params: dict[str, Any],
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """``params`` with the read-only parameters a type reads off its network at the image size (optional
-    ``network_params`` of the type: OCR's ``num_time_steps``)."""
+    ``network_params`` of the type: OCR's ``num_time_steps``); ``previous``: the parameters before this
+    change of the same network, whose values the type may keep when nothing they depend on changed."""
     read = getattr(kind, "network_params", None)
-    return {**params, **read(network, params)} if read is not None else params
+    return {**params, **read(network, params, previous)} if read is not None else params

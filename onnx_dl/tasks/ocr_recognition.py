@@ -146,11 +146,16 @@ def network_for(name: str, value: Any, network: onnx.ModelProto, params: dict[st
     return score_head.remap_head(network, logits, [0, *(position.get(ch) for ch in value)])
 
 
-def network_params(network: onnx.ModelProto, params: dict[str, Any]) -> dict[str, Any]:
+def network_params(network: onnx.ModelProto, params: dict[str, Any],
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the handle reads off the network whenever it or the parameters change (an optional hook,
-    :func:`onnx_dl.model.network_params`): the read-only ``num_time_steps`` T at the image size,
+    :func:`onnx_dl.model.network_params`): the read-only ``num_time_steps`` T at the image size (kept from
+    ``previous``, the same network's parameters before, when the image shape and alphabet are unchanged:
+    shape inference on every parameter set, a learning rate per step among them, costs milliseconds),
     ``alphabet_internal`` and ``class_names`` (blank first) from the alphabet."""
-    found: dict[str, Any] = {STEPS: layout(network, params)[3]}
+    unchanged = previous is not None and STEPS in previous and image_shape(previous) == image_shape(params) \
+        and previous.get("alphabet") == params.get("alphabet")
+    found: dict[str, Any] = {STEPS: previous[STEPS] if unchanged else layout(network, params)[3]}
     if params.get("alphabet") is not None:
         found["class_names"] = [BLANK_NAME, *params["alphabet"]]
         found["alphabet_internal"] = list(params["alphabet"])
