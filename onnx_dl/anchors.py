@@ -39,10 +39,6 @@ POSITIVE_IOU = 0.5
 NEGATIVE_IOU = 0.4
 """An anchor whose best IoU is < this is negative (background); anchors in between are ignored."""
 
-TIE_TOLERANCE = 1e-9
-"""IoUs this close to a box's best count as ties of the forced-positive rule (:func:`assign`): the
-polygon IoU of oriented boxes rounds equal overlaps (a small box inside several anchors) differently."""
-
 
 def level_anchors(image_height: int, image_width: int, level: int, num_subscales: int,
                   aspect_ratios: list[float] | tuple[float, ...], scale: float = 4.0) -> np.ndarray:
@@ -110,6 +106,15 @@ def _cached_anchors(image_height: int, image_width: int, min_level: int, max_lev
     return anchors, tuple(a.shape[:3] for a in per_level)
 
 
+def grid(image_height: int, image_width: int, min_level: int, max_level: int, num_subscales: int,
+         aspect_ratios: Any, angles: Any = None) -> np.ndarray:
+    """(M, 4) read-only anchors of levels min_level..max_level (oriented (M, 5) with ``angles``), in the order
+    of :func:`all_anchors`, cached per configuration."""
+    return _cached_anchors(int(image_height), int(image_width), int(min_level), int(max_level), int(num_subscales),
+                           tuple(float(r) for r in aspect_ratios),
+                           None if angles is None else tuple(float(a) for a in angles))[0]
+
+
 def _anchors_and_shapes(params: dict[str, Any]) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...]]:
     oriented = params.get("instance_type", "rectangle1") == "rectangle2"
     return _cached_anchors(int(params["image_height"]), int(params["image_width"]), int(params["min_level"]),
@@ -144,7 +149,7 @@ def _match(anchors: np.ndarray, gt_boxes: np.ndarray, box_type: BoxType, work: n
     matched = iou.argmax(axis=0)
     best_iou = iou[matched, np.arange(len(anchors))]
     best_per_box = iou.max(axis=1)
-    forced_box, forced_anchor = np.nonzero(iou >= best_per_box[:, None] - TIE_TOLERANCE)
+    forced_box, forced_anchor = np.nonzero(iou >= best_per_box[:, None] - box_type.tie_tolerance)
     useful = best_per_box[forced_box] > 0
     forced_box, forced_anchor = forced_box[useful], forced_anchor[useful]
     # an anchor forced by several boxes takes the one of highest IoU, equal IoU: the lower box index
@@ -165,7 +170,7 @@ def assign(anchors: np.ndarray, gt_boxes: np.ndarray, gt_class_index: np.ndarray
     With IoU_m = max_g IoU(anchor m, box g):
     - positive if IoU_m >= 0.5, matched to the box of highest IoU (equal IoU: lower box index);
     - forced positive: every box g with max_m IoU(m, g) > 0 also gets all anchors at that maximum
-      (ties included, within :data:`TIE_TOLERANCE`), matched to g even if another box overlaps them more (mmdetection's
+      (ties included, within the box type's ``tie_tolerance``), matched to g even if another box overlaps them more (mmdetection's
       ``gt_max_assign_all``); an anchor that is the best of several boxes takes the one of highest
       IoU (equal IoU: lower box index);
     - negative if IoU_m < 0.4 and not positive; ignored otherwise (0.4 <= IoU_m < 0.5).

@@ -35,6 +35,7 @@ def _check_columns(boxes: np.ndarray, index: int, keys: tuple[str, ...], limits:
 
 class _BoxType:
     keys: tuple[str, ...] = ()
+    tie_tolerance = 0.0  # the slack of IoU ties in anchor matching (onnx_dl.anchors.assign)
 
     @property
     def size(self) -> int:
@@ -48,6 +49,7 @@ class Rectangle1(_BoxType):
 
     name = "rectangle1"
     keys = axis_parallel.BOX_KEYS
+    tie_tolerance = 0.0  # equal overlaps compute to equal IoUs: ties are exact
 
     def checked(self, entry: dict[str, Any], index: int, label_key: str = LABEL_KEY, what: str = "sample",
                 positive_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +86,8 @@ class Rectangle2(_BoxType):
     ignore_direction: bool = False
     name = "rectangle2"
     keys = oriented.BOX_KEYS
+    tie_tolerance = 1e-9  # IoUs this close to a box's best are ties of the forced-positive rule: the polygon IoU
+    # rounds equal overlaps (a small box inside several anchors) differently
 
     def checked(self, entry: dict[str, Any], index: int, label_key: str = LABEL_KEY, what: str = "sample",
                 positive_size: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -42,9 +42,10 @@ from .preprocess import resize_map, scale_boxes
 
 DEFAULTS = {"num_aspect_ratios": 3, "max_num_subscales": 5, "coverage": 0.98, "max_num_images": 500,
             "ignore_direction": None}
+"""gen_param keys of :func:`determine_dl_model_detection_param` and their defaults."""
+
 ANGLE_COUNTS = (1, 2, 3, 4, 6, 8, 12)
 """The numbers of evenly spaced anchor angles tried for oriented boxes."""
-"""gen_param keys of :func:`determine_dl_model_detection_param` and their defaults."""
 
 
 def aspect_ratio_clusters(ratios: np.ndarray, count: int, iterations: int = 50) -> list[float]:
@@ -71,15 +72,10 @@ def anchor_coverage(boxes_per_image: list[np.ndarray], image_width: int, image_h
     over oriented boxes (G, 5) against the oriented anchors of ``angles``; without ``ignore_direction`` an
     anchor counts for a box only if their angles differ by less than pi/2 (the same rectangle pointing the
     other way would leave the head an angle of about pi to regress)."""
+    grid = anchor_grid.grid(image_height, image_width, min_level, max_level, num_subscales, aspect_ratios, angles)
     if angles is None:
-        grid = np.concatenate([anchor_grid.level_anchors(image_height, image_width, level, num_subscales,
-                                                         aspect_ratios).reshape(-1, 4)
-                               for level in range(min_level, max_level + 1)])
         best = np.concatenate([iou_rows(boxes, grid).max(axis=1) for boxes in boxes_per_image if len(boxes)])
     else:
-        grid = np.concatenate([anchor_grid.oriented_level_anchors(image_height, image_width, level, num_subscales,
-                                                                  aspect_ratios, angles).reshape(-1, 5)
-                               for level in range(min_level, max_level + 1)])
         best = np.concatenate([_oriented_overlaps(boxes, grid, ignore_direction).max(axis=1)
                                for boxes in boxes_per_image if len(boxes)])
     return float(np.mean(best >= anchor_grid.POSITIVE_IOU)), float(best.mean())

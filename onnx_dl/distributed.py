@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import samples as sample_checks
+from . import params as P
 from . import system
 from .engine.session import TrainingSession
 from .errors import DLError, DLParamError, DLRuntimeError
@@ -399,11 +400,11 @@ class DataParallel:
             start = time.perf_counter()
             found = self._on_each(self._busy(chunks), lambda w, r: self._workers[w].prepare.remote(jobs[w]))
             self.timing.prepare = time.perf_counter() - start
-            blank = np.broadcast_to(np.float32(0), _image_shape(params))
+            blank = np.broadcast_to(np.float32(0), sample_checks.image_hwc_shape(params))
             annotated = [dict(sample, image=blank) for part in found for sample in part]
             feeds, informative, state = model.kind.train_chunks(annotated, params, chunks)
             for chunk in feeds:
-                if chunk[0].shape != (size, *_image_shape(params, nchw=True)):
+                if chunk[0].shape != (size, *P.image_shape(params)):
                     raise DLRuntimeError(f"DataParallel: model type {params['type']!r} does not feed the images "
                                          f"first; its dataset mode is not supported")
             return self._step(params, [[None, *chunk[1:]] for chunk in feeds], informative, state, jobs)
@@ -425,10 +426,7 @@ class DataParallel:
         timing.worker_compute = [seconds for _, _, seconds in results]
         timing.compute = max(timing.worker_compute)
         outputs = [out for _, per_chunk, _ in results for out in per_chunk]
-        totals = dict.fromkeys(trainer.graph.losses, 0.0)
-        for losses in outputs:  # chunk order, as the single process adds them
-            for name in totals:
-                totals[name] += losses[name]
+        totals = trainer.loss_totals(outputs)  # chunk order, as the single process adds them
         if not informative:
             return totals
         start = time.perf_counter()
@@ -447,14 +445,6 @@ class DataParallel:
         model.weights_changed()
         model.set_training_state(state)
         return totals
-
-
-def _image_shape(params: dict[str, Any], nchw: bool = False) -> tuple[int, ...]:
-    """One image as ``train_dl_model_batch`` takes it: (H, W, C), (H, W) for one channel; or (C, H, W)."""
-    height, width, channels = params["image_height"], params["image_width"], params["image_num_channels"]
-    if nchw:
-        return (channels, height, width)
-    return (height, width) if channels == 1 else (height, width, channels)
 
 
 def _cause(exc: Any) -> BaseException:

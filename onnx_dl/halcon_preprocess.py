@@ -41,6 +41,7 @@ from . import dataset as ds
 from . import model_type, rotated_boxes
 from .boxes import BOX_KEYS, LABEL_KEY
 from .errors import DLDatasetError, DLParamError, DLSampleError
+from .samples import is_int, is_number
 from .preprocess import IMAGENET_DEVIATION, IMAGENET_MEAN, NORMALIZATION_TYPES, normalize
 from .preprocess import preprocess_dl_samples as preprocess_for_model
 from .samples import check_sample_list, describe
@@ -111,19 +112,11 @@ def create_dl_preprocess_param_from_model(model: Any, normalization_type: str = 
                                       domain_handling, ignore, set_background_id, class_ids_background, gen_param)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, (float, np.floating))) and bool(np.isfinite(value))
-
-
 def _int_list(value: Any) -> list[int] | None:
     """``value`` as a list of ints (one int counts as a list of one), None if it is not one."""
-    if _is_int(value):
+    if is_int(value):
         return [int(value)]
-    if isinstance(value, (list, tuple, np.ndarray)) and all(_is_int(v) for v in value):
+    if isinstance(value, (list, tuple, np.ndarray)) and all(is_int(v) for v in value):
         return [int(v) for v in value]
     return None
 
@@ -146,12 +139,12 @@ def check_preprocess_param(param: Any, what: str = "preprocess_dl_samples") -> d
     if param["model_type"] not in model_type.names():
         bad("model_type", f"one of {model_type.names()}")
     for key in ("image_width", "image_height", "image_num_channels"):
-        if not _is_int(param[key]) or param[key] < 1:
+        if not is_int(param[key]) or param[key] < 1:
             bad(key, "an integer >= 1")
         else:
             checked[key] = int(param[key])
     low, high = param["image_range_min"], param["image_range_max"]
-    if not (_is_number(low) and _is_number(high) and low < high):
+    if not (is_number(low) and is_number(high) and low < high):
         problems.append(f"keys 'image_range_min', 'image_range_max': expected two numbers with min < max, got "
                         f"{low!r} and {high!r}")
     else:
@@ -228,7 +221,7 @@ def _check_constant_values(param: dict[str, Any], checked: dict[str, Any], probl
     for key in given:
         values = param[key] if isinstance(param[key], (list, tuple, np.ndarray)) else [param[key]]
         channels = param["image_num_channels"]
-        if not values or not all(_is_number(v) for v in values) or len(values) not in (1, channels) \
+        if not values or not all(is_number(v) for v in values) or len(values) not in (1, channels) \
                 or (key.startswith("deviation") and min(values) <= 0):
             sign = " > 0" if key.startswith("deviation") else ""
             problems.append(f"key {key!r}: expected one number{sign} or one per channel ({channels}), got {param[key]!r}")
@@ -466,7 +459,7 @@ def read_dl_samples(dataset: dict[str, Any], sample_indices: Sequence[int]) -> l
     entries = dataset["samples"]
     result = []
     for index in sample_indices:
-        if not _is_int(index) or not 0 <= int(index) < len(entries):
+        if not is_int(index) or not 0 <= int(index) < len(entries):
             raise DLDatasetError(f"read_dl_samples: index {index!r} outside 0..{len(entries) - 1}")
         name = entries[int(index)].get("dlsample_file_name")
         if name is None:

@@ -229,6 +229,12 @@ class DLModel:
             return solver.kind, solver.step_count, solver.state_arrays()
         return self._resume
 
+    def solver_steps(self) -> int:
+        """The solver steps taken (0 before any training): :meth:`solver_state`'s count without copying the state."""
+        if self._trainer is not None:
+            return int(self._trainer.solver.step_count)
+        return int(self._resume[1]) if self._resume is not None else 0
+
     def resume_solver(self, kind: str, steps: int, state: dict[str, dict[str, np.ndarray]]) -> None:
         """Continue with this solver state (read from a file) at the next training step."""
         if kind not in SOLVERS or steps < 0:

@@ -18,7 +18,7 @@ import numpy as np
 from . import rotated_boxes, system
 from .boxes import BOX_KEYS, LABEL_KEY, checked_boxes
 from .errors import DLSampleError
-from .samples import check_sample_list
+from .samples import check_sample_list, is_number
 
 NORMALIZATION_TYPES = ("none", "all_channels", "first_channel", "constant_values")
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -108,9 +108,7 @@ def _move_oriented_boxes(sample: dict[str, Any], done: dict[str, Any], index: in
     ``inside`` (H, W) boxes whose centre leaves the image dropped (HALCON's rule)."""
     boxes, labels = rotated_boxes.checked_boxes(sample, index)
     moved = rotated_boxes.transform(boxes, matrix, offset, ignore_direction)
-    if len(no_orientation):
-        flat = np.isin(np.asarray(labels).reshape(-1), list(no_orientation))
-        moved = np.where(flat[:, None], rotated_boxes.enclosing_axis_parallel(moved), moved)
+    moved = rotated_boxes.enclosing_for_classes(moved, labels, no_orientation)
     keep = np.ones(len(moved), bool)
     if inside is not None:
         keep = (moved[:, 0] >= -0.5) & (moved[:, 0] <= inside[0] - 0.5) & (moved[:, 1] >= -0.5) & \
@@ -373,13 +371,8 @@ def rotate_by_angle(image: np.ndarray, degrees: float) -> np.ndarray:
     return (top * (1 - fr) + bottom * fr).astype(np.float32).reshape(image.shape)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
-        and bool(np.isfinite(value))
-
-
 def _got(value: Any) -> str:
-    return repr(value) if _is_number(value) or isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+    return repr(value) if is_number(value) or isinstance(value, str) else f"{value!r} ({type(value).__name__})"
 
 
 def check_augment_param(gen_param: dict[str, Any] | None) -> dict[str, Any]:
@@ -399,7 +392,7 @@ def check_augment_param(gen_param: dict[str, Any] | None) -> dict[str, Any]:
 
     def number(key: str, low: float, high: float, integer: bool = False, allowed: str = "") -> None:
         value = settings[key]
-        ok = _is_number(value) and low <= value <= high and (not integer or float(value).is_integer())
+        ok = is_number(value) and low <= value <= high and (not integer or float(value).is_integer())
         if not ok:
             expected = allowed or f"{'an integer' if integer else 'a number'} in {low:g}..{high:g}"
             problems.append(f"key {key!r}: expected {expected}, got {_got(value)}")
@@ -407,7 +400,7 @@ def check_augment_param(gen_param: dict[str, Any] | None) -> dict[str, Any]:
     number("augmentation_percentage", 0, 100)
     if not isinstance(settings["mirror"], str) or settings["mirror"] not in MIRROR_VALUES:
         problems.append(f"key 'mirror': expected 'off', 'r', 'c' or 'rc', got {_got(settings['mirror'])}")
-    if not (_is_number(settings["rotate"]) and settings["rotate"] in (0, 90, 180)):
+    if not (is_number(settings["rotate"]) and settings["rotate"] in (0, 90, 180)):
         problems.append(f"key 'rotate': expected 0, 90 or 180, got {_got(settings['rotate'])}")
     number("brightness_variation", 0, 255)
     number("brightness_variation_spot", 0, 255)

@@ -311,6 +311,16 @@ def enclosing_axis_parallel(boxes: np.ndarray) -> np.ndarray:
     return np.stack([b[..., 0], b[..., 1], half_cols, half_rows, np.zeros_like(half_rows)], axis=-1)
 
 
+def enclosing_for_classes(boxes: np.ndarray, labels: np.ndarray, listed: Any) -> np.ndarray:
+    """``boxes`` (G, 5) with those whose label (G,) is in ``listed`` replaced by their axis-parallel enclosing
+    box (:func:`enclosing_axis_parallel`; HALCON's ``class_ids_no_orientation``); the others as they are."""
+    listed = list(listed or [])
+    if not listed or not len(boxes):
+        return boxes
+    flat = np.isin(np.asarray(labels).reshape(-1), listed)
+    return np.where(flat[:, None], enclosing_axis_parallel(boxes), boxes)
+
+
 def transform(boxes: np.ndarray, matrix: np.ndarray, offset: np.ndarray, ignore_direction: bool) -> np.ndarray:
     """Boxes (G, 5) moved by the affine map p -> matrix @ p + offset of (row, col) points (a resize
     with unequal scales, a mirror, a rotation): the four corners are mapped and the rectangle is refit

@@ -14,6 +14,16 @@ import numpy as np
 from .errors import DLSampleError
 
 
+def is_int(value: Any) -> bool:
+    """An int (Python or NumPy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (Python or NumPy), not a bool."""
+    return (is_int(value) or isinstance(value, (float, np.floating))) and bool(np.isfinite(value))
+
+
 def describe(value: Any) -> str:
     """A short description of a bad value for an error message: an array's shape and dtype, else type and repr."""
     if isinstance(value, np.ndarray):
@@ -56,10 +66,16 @@ def require(sample: dict[str, Any], index: int, key: str) -> Any:
     return sample[key]
 
 
+def image_hwc_shape(params: dict[str, Any]) -> tuple[int, ...]:
+    """One image as ``train_dl_model_batch`` takes it: (H, W, C), or (H, W) for one channel."""
+    height, width, channels = params["image_height"], params["image_width"], params["image_num_channels"]
+    return (height, width) if channels == 1 else (height, width, channels)
+
+
 def images(samples: list[dict[str, Any]], params: dict[str, Any]) -> np.ndarray:
     """The samples' ``image`` arrays as one float32 NCHW batch, checked against the model's size."""
     width, height, channels = params["image_width"], params["image_height"], params["image_num_channels"]
-    expected = (height, width) if channels == 1 else (height, width, channels)
+    expected = image_hwc_shape(params)
     batch = np.empty((len(samples), channels, height, width), np.float32)
     for index, sample in enumerate(samples):
         image = require(sample, index, "image")

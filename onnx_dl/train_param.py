@@ -25,6 +25,7 @@ import numpy as np
 from . import model_type
 from . import params as P
 from .errors import DLParamError
+from .samples import is_int, is_number
 from .operators import get_dl_model_param, set_dl_model_param
 from .serialization import write_atomically, write_dl_model
 
@@ -160,9 +161,9 @@ def _check_scalars(param: dict[str, Any]) -> None:
     """The numbers and flags of a train param."""
     checks = [("num_epochs", "a number > 0", lambda v: is_number(v) and v > 0),
               ("evaluation_interval_epochs", "a number >= 0", lambda v: is_number(v) and v >= 0),
-              ("seed_rand", "an int >= 0 or None", lambda v: v is None or (_is_int(v) and v >= 0)),
+              ("seed_rand", "an int >= 0 or None", lambda v: v is None or (is_int(v) and v >= 0)),
               ("update_interval_seconds", "a number >= 0", lambda v: is_number(v) and v >= 0),
-              ("num_samples_mean_loss", "an int >= 1", lambda v: _is_int(v) and v >= 1),
+              ("num_samples_mean_loss", "an int >= 1", lambda v: is_int(v) and v >= 1),
               ("evaluate_before_train", "a bool", lambda v: isinstance(v, (bool, np.bool_)))]
     for key, expected, valid in checks:
         if key in param and not valid(param[key]):
@@ -184,15 +185,6 @@ def check_display_param(display: Any) -> None:
     for key, expected, valid in checks:
         if key in display and not valid(display[key]):
             raise DLParamError(f"train param 'display_param' key {key!r}: expected {expected}, got {display[key]!r}")
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_change_strategy(strategy: dict[str, Any], model: Any) -> None:
@@ -422,8 +414,7 @@ def write_checkpoint(model: Any, basename: str, state: dict[str, Any]) -> None:
     path = Path(basename)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_dl_model(model, path.with_name(path.name + ".onnx"))
-    solver = model.solver_state()
-    info = dict(state, format=INFO_FORMAT, solver_steps=0 if solver is None else int(solver[1]))
+    info = dict(state, format=INFO_FORMAT, solver_steps=model.solver_steps())
     write_atomically(path.with_name(path.name + "_info.json"), json.dumps(to_json(info)).encode())
 
 

@@ -69,10 +69,7 @@ class Trainer:
         chunk_size = len(chunks[0][0])
         self.check_batchnorm_size(chunk_size)
         outputs = self.gradients(chunks, params)
-        totals = dict.fromkeys(self.graph.losses, 0.0)
-        for losses in outputs:
-            for name in totals:
-                totals[name] += losses[name]
+        totals = self.loss_totals(outputs)
         if not update:
             self.session.reset_grad()
             return totals
@@ -98,6 +95,14 @@ class Trainer:
             self.session.reset_grad()  # the next step starts from fresh gradients
             raise
         return found
+
+    def loss_totals(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
+        """Each loss summed over the chunks' ``outputs`` (of :meth:`gradients`) in chunk order."""
+        totals = dict.fromkeys(self.graph.losses, 0.0)
+        for losses in outputs:
+            for name in totals:
+                totals[name] += losses[name]
+        return totals
 
     def apply_gradients(self, params: dict[str, Any], batch_stats: list[dict[str, tuple[np.ndarray, np.ndarray]]],
                         chunk_size: int) -> None:

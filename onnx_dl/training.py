@@ -402,8 +402,7 @@ class _HalconRun:
 
     def _load(self, info_path: Path, model_path: Path | None) -> None:
         info = TP.read_checkpoint(info_path)
-        solver = self.model.solver_state()
-        steps = 0 if solver is None else solver[1]
+        steps = self.model.solver_steps()
         if model_path is not None and steps != info["solver_steps"]:
             raise DLParamError(f"train_dl_model(start_epoch='resume'): the model has taken {steps} solver steps, the "
                                f"checkpoint {str(model_path)!r} {info['solver_steps']}; read the model from that file")

@@ -182,9 +182,8 @@ def _truth_as_trained(sample: dict[str, Any], index: int, params: dict[str, Any]
     listed = params.get("class_ids_no_orientation") or []
     if not listed or not isinstance(box_types.of_params(params), box_types.Rectangle2):
         return sample
-    boxes, labels = rotated_boxes.checked_boxes(sample, index)
-    flat = np.isin(labels, listed)
-    moved = np.where(flat[:, None], rotated_boxes.enclosing_axis_parallel(boxes), boxes)
+    boxes, labels = rotated_boxes.checked_boxes(sample, index, positive_size=False)  # as evaluation reads them
+    moved = rotated_boxes.enclosing_for_classes(boxes, labels, listed)
     return {**sample, **{key: moved[:, column] for column, key in enumerate(rotated_boxes.BOX_KEYS)}}
 
 
@@ -302,12 +301,10 @@ def without_orientation(boxes: np.ndarray, class_index: np.ndarray, params: dict
     """Oriented boxes whose class (index into class_ids) is in ``class_ids_no_orientation`` replaced by
     their axis-parallel enclosing box (:func:`onnx_dl.rotated_boxes.enclosing_axis_parallel`); other
     boxes, and axis-parallel ones, as they are."""
-    listed = params.get("class_ids_no_orientation") or []
-    if boxes.shape[-1] != 5 or not listed or not len(boxes):
+    if boxes.shape[-1] != 5:
         return boxes
     ids = np.asarray(params["class_ids"], np.int64)[class_index]
-    replace = np.isin(ids, listed)
-    return np.where(replace[:, None], rotated_boxes.enclosing_axis_parallel(boxes), boxes)
+    return rotated_boxes.enclosing_for_classes(boxes, ids, params.get("class_ids_no_orientation"))
 
 
 def _label_indices(labels: np.ndarray, index: int, position: dict[int, int], class_ids: list[int]) -> np.ndarray:
