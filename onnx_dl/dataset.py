@@ -36,19 +36,26 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as float32 (H, W, C) with values as stored (0..255 for 8-bit images)."""
+BYTE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
+"""Pillow modes of 8 bits per channel: HALCON's byte images."""
+
+
+def read_image(path: str | os.PathLike[str], keep_bytes: bool = False) -> np.ndarray:
+    """An image file as float32 (H, W, C) with values as stored (0..255 for 8-bit images); with
+    ``keep_bytes`` an 8-bit file (:data:`BYTE_MODES`) comes as uint8 (HALCON's byte image)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
+            byte = image.mode in BYTE_MODES
             if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
                 image = image.convert("RGB" if image.mode != "LA" else "L")
             array = np.asarray(image, dtype=np.float32)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DLDatasetError(f"cannot read image {str(path)!r}: {exc}") from exc
-    return array[..., None] if array.ndim == 2 else array
+    array = array[..., None] if array.ndim == 2 else array
+    return array.astype(np.uint8) if keep_bytes and byte else array
 
 
 def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -197,9 +204,9 @@ def read_dl_dataset_dota(folder: str | os.PathLike[str], class_names: Sequence[s
     for where in (labels, images):
         if not where.is_dir():
             raise DLDatasetError(f"DOTA dataset {str(root)!r}: folder {str(where)!r} does not exist")
-    objects: dict[str, list[tuple[list[float], str]]] = {}
+    objects: dict[str, tuple[np.ndarray, list[str]]] = {}  # per image: its boxes (G, 5) and categories
     for path in _image_files(images):
-        found: list[tuple[list[float], str]] = []
+        found: list[tuple[list[float], str, int, int, str]] = []  # corners, category, difficult, line number, line
         label_file = labels / f"{path.stem}.txt"
         lines = label_file.read_text().splitlines() if label_file.is_file() else []
         for number, line in enumerate(lines, start=1):
@@ -212,29 +219,29 @@ def read_dl_dataset_dota(folder: str | os.PathLike[str], class_names: Sequence[s
             except (ValueError, IndexError) as exc:
                 raise DLDatasetError(f"{str(label_file)!r}, line {number}: expected 'x1 y1 x2 y2 x3 y3 x4 y4 "
                                      f"category difficult', got {line!r}") from exc
-            box = rotated_boxes.from_polygon(np.asarray(corners, np.float64).reshape(4, 2)[:, ::-1])
+            found.append((corners, category, difficult, number, line))
+        points = np.asarray([f[0] for f in found], np.float64).reshape(-1, 4, 2)[..., ::-1] - 0.5  # (row, col)
+        boxes = rotated_boxes.from_polygon(points) if len(points) else np.zeros((0, 5))
+        for box, (_, _, _, number, line) in zip(boxes, found):
             if not (box[2] > 0 and box[3] > 0):
                 raise DLDatasetError(f"{str(label_file)!r}, line {number}: expected a polygon enclosing an area, got "
                                      f"{line!r} (its rectangle has half edge lengths {box[2]:g} and {box[3]:g})")
-            if include_difficult or not difficult:
-                found.append((corners, category))
-        objects[path.name] = found
+        kept = [include_difficult or not f[2] for f in found]
+        objects[path.name] = (boxes[np.asarray(kept, bool)], [f[1] for f, keep in zip(found, kept) if keep])
     if not objects:
         raise DLDatasetError(f"no images in {str(images)!r}")
-    names = list(class_names) if class_names is not None else sorted({c for v in objects.values() for _, c in v})
+    names = list(class_names) if class_names is not None else sorted({c for _, found in objects.values() for c in found})
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise DLDatasetError(f"read_dl_dataset_dota: class_names {names} name {repeated} more than once")
     position = {name: i for i, name in enumerate(names)}
     samples = []
-    for file_name, found in objects.items():
-        unknown = sorted({c for _, c in found} - set(position))
+    for file_name, (boxes, found) in objects.items():
+        unknown = sorted(set(found) - set(position))
         if unknown:
             raise DLDatasetError(f"{file_name!r}: categories {unknown} are not in class_names {names}")
-        points = np.asarray([c for c, _ in found], np.float64).reshape(-1, 4, 2)[..., ::-1] - 0.5  # (row, col)
-        boxes = rotated_boxes.from_polygon(points) if len(points) else np.zeros((0, 5))
         sample: dict[str, Any] = {"image_file_name": file_name, "image_id": len(samples),
-                                  "bbox_label_id": [position[c] for _, c in found]}
+                                  "bbox_label_id": [position[c] for c in found]}
         for column, key in enumerate(rotated_boxes.BOX_KEYS):
             sample[key] = [float(v) for v in boxes[:, column]]
         samples.append(sample)
@@ -521,8 +528,9 @@ def split_indices(dataset: dict[str, Any], split: str) -> list[int]:
     return [i for i, s in enumerate(dataset["samples"]) if s.get("split") == split]
 
 
-def gen_dl_samples(dataset: dict[str, Any], indices: Sequence[int]) -> list[dict[str, Any]]:
-    """Raw samples of the dataset entries ``indices``: ``image`` float32 (H, W, C) as stored,
+def gen_dl_samples(dataset: dict[str, Any], indices: Sequence[int], keep_bytes: bool = False) -> list[dict[str, Any]]:
+    """Raw samples of the dataset entries ``indices``: ``image`` float32 (H, W, C) as stored (``keep_bytes``:
+    uint8 for 8-bit files, :func:`read_image`),
     ``image_id`` and the annotation (``image_label_id``; ``image_label_ids``; box arrays and ``bbox_label_id``;
     ``segmentation_image`` int64 (H, W))."""
     entries = dataset["samples"]
@@ -532,7 +540,8 @@ def gen_dl_samples(dataset: dict[str, Any], indices: Sequence[int]) -> list[dict
         if not 0 <= int(index) < len(entries):
             raise DLDatasetError(f"gen_dl_samples: index {index} outside 0..{len(entries) - 1}")
         entry = entries[int(index)]
-        sample: dict[str, Any] = {"image": read_image(image_dir / entry["image_file_name"]),
+        path = image_dir / entry["image_file_name"]
+        sample: dict[str, Any] = {"image": read_image(path, keep_bytes=True) if keep_bytes else read_image(path),
                                   "image_id": entry.get("image_id", int(index))}
         if "image_label_id" in entry:
             sample["image_label_id"] = entry["image_label_id"]

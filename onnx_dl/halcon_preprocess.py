@@ -42,7 +42,7 @@ from . import model_type, rotated_boxes
 from .boxes import BOX_KEYS, LABEL_KEY
 from .errors import DLDatasetError, DLParamError, DLSampleError
 from .samples import is_int, is_number
-from .preprocess import IMAGENET_DEVIATION, IMAGENET_MEAN, NORMALIZATION_TYPES, normalize
+from .preprocess import IMAGENET_DEVIATION, IMAGENET_MEAN, NORMALIZATION_TYPES, box_array, normalize, set_boxes
 from .preprocess import preprocess_dl_samples as preprocess_for_model
 from .samples import check_sample_list, describe
 
@@ -337,14 +337,10 @@ def crop_to_domain(sample: dict[str, Any], index: int) -> dict[str, Any]:
     if any(key in sample for key in rotated_boxes.BOX_KEYS):
         _crop_oriented_boxes(sample, done, row1, col1, row2, col2)
     elif any(key in sample for key in (*BOX_KEYS, LABEL_KEY)):
-        boxes = np.stack([np.asarray(sample[key], np.float64).reshape(-1) for key in BOX_KEYS], axis=1)
         low = np.array([row1, col1, row1, col1]) - 0.5
         high = np.array([row2, col2, row2, col2]) + 0.5
-        moved = np.clip(boxes, low, high) - np.array([row1, col1, row1, col1])
-        keep = (moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])
-        for column, key in enumerate(BOX_KEYS):
-            done[key] = moved[keep, column].astype(np.float32)
-        done[LABEL_KEY] = np.asarray(sample[LABEL_KEY]).reshape(-1)[keep]
+        moved = np.clip(box_array(sample), low, high) - np.array([row1, col1, row1, col1])
+        set_boxes(done, moved, (moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1]))
     return done
 
 
@@ -380,7 +376,7 @@ def gen_dl_samples(dataset: dict[str, Any], sample_indices: Sequence[int], restr
                            f"{gen_param!r}")
     wanted = RESTRICT_KEYS[restrict_keys_dlsample]
     if wanted is None:
-        return _byte_images(dataset, sample_indices, ds.gen_dl_samples(dataset, sample_indices))
+        return ds.gen_dl_samples(dataset, sample_indices, keep_bytes=True)
     entry_keys = {ENTRY_KEYS[key] for key in wanted}
     entries = dataset["samples"]
     for index in sample_indices:
@@ -391,24 +387,7 @@ def gen_dl_samples(dataset: dict[str, Any], sample_indices: Sequence[int], restr
                                  f"{{'ignore_missing_labels': True}} to take it without")
     kept = {"image_file_name", "image_id", *entry_keys}
     restricted = dict(dataset, samples=[{k: v for k, v in entry.items() if k in kept} for entry in entries])
-    return _byte_images(dataset, sample_indices, ds.gen_dl_samples(restricted, sample_indices))
-
-
-BYTE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")  # Pillow modes of 8 bits per channel
-
-
-def _byte_images(dataset: dict[str, Any], sample_indices: Sequence[int],
-                 samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The samples with the images of 8-bit files as uint8 (HALCON's byte images, which
-    ``normalization_type`` 'none' rescales); other files keep their values as float32."""
-    from PIL import Image
-
-    for index, sample in zip(sample_indices, samples):
-        path = Path(dataset["image_dir"]) / dataset["samples"][int(index)]["image_file_name"]
-        with Image.open(path) as image:
-            if image.mode in BYTE_MODES:
-                sample["image"] = sample["image"].astype(np.uint8)
-    return samples
+    return ds.gen_dl_samples(restricted, sample_indices, keep_bytes=True)
 
 
 def preprocess_dl_dataset(dataset: dict[str, Any], data_directory: str | os.PathLike[str],

@@ -79,11 +79,13 @@ def scale_boxes(boxes: np.ndarray, old: tuple[int, int], new: tuple[int, int]) -
 
 # --- sample parts -------------------------------------------------------------------------------
 
-def _boxes(sample: dict[str, Any]) -> np.ndarray:
+def box_array(sample: dict[str, Any]) -> np.ndarray:
+    """A sample's axis-parallel boxes (G, 4) float64 from its box keys."""
     return np.stack([np.asarray(sample[k], np.float64).reshape(-1) for k in BOX_KEYS], axis=1)
 
 
-def _set_boxes(sample: dict[str, Any], boxes: np.ndarray, keep: np.ndarray | None = None) -> None:
+def set_boxes(sample: dict[str, Any], boxes: np.ndarray, keep: np.ndarray | None = None) -> None:
+    """Write boxes (G, 4) into the sample's box keys as float32, with ``keep`` also its labels filtered."""
     if keep is not None:
         boxes = boxes[keep]
         sample[LABEL_KEY] = np.asarray(sample[LABEL_KEY]).reshape(-1)[keep]
@@ -219,7 +221,7 @@ def preprocess_dl_samples(samples: Sequence[dict[str, Any]], params: dict[str, A
                                  params.get("class_ids_no_orientation") or (), inside=(height, width))
         elif _has_boxes(sample):
             boxes = scale_boxes(checked_boxes(sample, index)[0], size, (height, width))
-            _set_boxes(done, boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+            set_boxes(done, boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         result.append(done)
     return result
 
@@ -243,12 +245,12 @@ def mirror(sample: dict[str, Any], rows: bool, cols: bool, ignore_direction: boo
         _move_oriented_boxes(sample, done, 0, matrix, offset, ignore_direction, class_ids_no_orientation)
     elif _has_boxes(sample):
         height, width = np.asarray(sample["image"]).shape[:2]
-        b = _boxes(sample)
+        b = box_array(sample)
         if rows:
             b = np.stack([height - 1 - b[:, 2], b[:, 1], height - 1 - b[:, 0], b[:, 3]], axis=1)
         if cols:
             b = np.stack([b[:, 0], width - 1 - b[:, 3], b[:, 2], width - 1 - b[:, 1]], axis=1)
-        _set_boxes(done, b)
+        set_boxes(done, b)
     return done
 
 
@@ -270,12 +272,12 @@ def rotate(sample: dict[str, Any], quarter_turns: int, ignore_direction: bool = 
             height, width = width, height
         _move_oriented_boxes(sample, done, 0, matrix, offset, ignore_direction, class_ids_no_orientation)
     elif _has_boxes(sample):
-        b = _boxes(sample)
+        b = box_array(sample)
         height, width = np.asarray(sample["image"]).shape[:2]
         for _ in range(turns):
             b = np.stack([width - 1 - b[:, 3], b[:, 0], width - 1 - b[:, 1], b[:, 2]], axis=1)
             height, width = width, height
-        _set_boxes(done, b)
+        set_boxes(done, b)
     return done
 
 
@@ -299,13 +301,13 @@ def crop(sample: dict[str, Any], top: int, left: int, height: int, width: int) -
         _move_oriented_boxes(sample, done, 0, matrix, offset - matrix @ np.array([top, left], np.float64), False,
                              inside=full)
     elif _has_boxes(sample):
-        b = _boxes(sample)
+        b = box_array(sample)
         low = np.array([top, left] * 2) - 0.5
         high = np.array([top + height, left + width] * 2) - 0.5
         centre_r, centre_c = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         keep = (centre_r > low[0]) & (centre_r < high[0]) & (centre_c > low[1]) & (centre_c < high[1])
         clipped = np.clip(b, low, high) - np.array([top, left] * 2)
-        _set_boxes(done, scale_boxes(clipped, (height, width), full), keep)
+        set_boxes(done, scale_boxes(clipped, (height, width), full), keep)
     return done
 
 

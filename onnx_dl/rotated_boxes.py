@@ -174,9 +174,17 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     cannot overlap and get 0 without clipping.
     """
     a, b = _as_boxes(boxes_a, "boxes_a").reshape(-1, 5), _as_boxes(boxes_b, "boxes_b").reshape(-1, 5)
-    area_a, area_b = area(a), area(b)
-    radius_a = np.hypot(np.maximum(a[:, 2], 0.0), np.maximum(a[:, 3], 0.0))
-    radius_b = np.hypot(np.maximum(b[:, 2], 0.0), np.maximum(b[:, 3], 0.0))
+    return _iou(a, b, area(a), area(b), _radius(a), _radius(b))
+
+
+def _radius(boxes: np.ndarray) -> np.ndarray:
+    """The radius of each box's circumscribed circle, sqrt(l1^2 + l2^2) (negative lengths as 0)."""
+    return np.hypot(np.maximum(boxes[:, 2], 0.0), np.maximum(boxes[:, 3], 0.0))
+
+
+def _iou(a: np.ndarray, b: np.ndarray, area_a: np.ndarray, area_b: np.ndarray, radius_a: np.ndarray,
+         radius_b: np.ndarray) -> np.ndarray:
+    """:func:`iou_matrix` of checked (N, 5) and (M, 5) boxes given their areas and circumscribed radii."""
     distance = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
     reach = (radius_a[:, None] + radius_b[None, :]) * (1.0 + 1e-9)  # a margin for the rounding of distance
     near = (distance <= reach) & (area_a[:, None] > 0) & (area_b[None, :] > 0)
@@ -260,7 +268,9 @@ def overlap_function(boxes: np.ndarray) -> Callable[[int, np.ndarray], np.ndarra
     """``overlap(i, others)``: the IoU of box i of ``boxes`` (M, 5) with the boxes ``others`` (indices),
     for :func:`onnx_dl.boxes.greedy_nms`."""
     b = _as_boxes(boxes, "boxes").reshape(-1, 5)
-    return lambda i, others: iou_matrix(b[i:i + 1], b[others])[0]
+    areas, radii = area(b), _radius(b)  # once, not at every greedy step
+    return lambda i, others: _iou(b[i:i + 1], b[others], areas[i:i + 1], areas[others], radii[i:i + 1],
+                                  radii[others])[0]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, max_overlap: float) -> np.ndarray:
