@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_dl as dl
+from onnx_dl.engine.session import TrainingSession
 from conftest import (CHANNELS, SIZE, assert_unchanged, conv_segmentation_network, image_samples, linear_network,
                       load, snapshot, weights)
 from test_detection import tiny_model as tiny_detection_model
@@ -84,6 +86,36 @@ def test_two_models_in_two_threads_equal_one_after_the_other(tmp_path):
     assert got == expected
     assert all(np.array_equal(weights(par_a)[k], v) for k, v in weights(seq_a).items())
     assert all(np.array_equal(weights(par_b)[k], v) for k, v in weights(seq_b).items())
+
+
+def test_sessions_built_at_the_same_moment_in_several_threads_do_not_collide(tmp_path):
+    """The engine's artifact builder holds one model per process (two models trained in two threads
+    once failed with "Base onnx model already exists"): sessions built at once must all come up."""
+    model = load(tmp_path, linear_network(), batch_size=2)
+    dl.train_dl_model_batch(model, image_samples(2, [0, 1], seed=3))
+    graph = model._trainer.graph
+    errors: list[BaseException] = []
+
+    def build(start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            TrainingSession(graph, "cpu", 1, True)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, so they meet inside the builder
+    try:
+        for _ in range(3):
+            start = threading.Barrier(6)
+            threads = [threading.Thread(target=build, args=(start,)) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 def test_one_model_from_two_threads_is_serialised(tmp_path):

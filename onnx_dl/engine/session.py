@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,10 @@ from .runtime import COUNTERS, ort, require_device, session_options
 from .runtime import training as training_api
 
 GRADIENT_CHECK = "gradient_check"
+
+# onnxblock keeps the model it builds on in one process-wide accessor: two threads generating
+# artifacts at once fail with "Base onnx model already exists" (two models trained in two threads).
+_ARTIFACTS_LOCK = threading.Lock()
 
 
 def _expose_outputs(training: onnx.ModelProto, tg: TrainingGraph) -> dict[str, tuple[str, str]]:
@@ -80,10 +85,11 @@ class TrainingSession:
             forward.CopyFrom(tg.model)
             pool_gradients.rewrite(forward, g.tensor_shapes(forward))
             try:
-                engine.artifacts.generate_artifacts(
-                    forward, requires_grad=tg.trainable, frozen_params=[], loss=None, optimizer=None,
-                    artifact_directory=folder,
-                )
+                with _ARTIFACTS_LOCK:
+                    engine.artifacts.generate_artifacts(
+                        forward, requires_grad=tg.trainable, frozen_params=[], loss=None, optimizer=None,
+                        artifact_directory=folder,
+                    )
                 training = onnx.load(os.path.join(folder, "training_model.onnx"))
                 self.rewrites = fast_gradients.rewrite(training, g.tensor_shapes(tg.model))
                 self.bn_outputs = _expose_outputs(training, tg)
