@@ -34,26 +34,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_builder import GraphBuilder
+from . import graph as g
+from .onnx_builder import GraphBuilder, SharedConstants
 
 _MS = "com.microsoft"
 BAND_THRESHOLD_BYTES = 8 << 20  # split a weight gradient whose im2col buffer per image exceeds this
 BAND_BYTES = 4 << 20  # ... into bands of output rows whose buffers are about this size (cache-sized)
-
-
-class _Builder(GraphBuilder):
-    """GraphBuilder whose constants are added once per value."""
-
-    def __init__(self, graph: onnx.GraphProto, prefix: str) -> None:
-        super().__init__(graph, prefix)
-        self._constants: dict[tuple[str, str], str] = {}
-
-    def const(self, value: np.ndarray | float | list[int], hint: str = "const", name: str | None = None) -> str:
-        """An initializer holding ``value``, shared by every use of the same value and hint."""
-        key = (hint, repr(np.asarray(value).tolist()))
-        if name is not None or key not in self._constants:
-            self._constants[key] = super().const(np.asarray(value), hint, name)
-        return self._constants[key]
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, object]:
@@ -216,15 +202,6 @@ def _conv_grad(b: GraphBuilder, node: onnx.NodeProto, shapes: dict[str, list[int
     return nodes
 
 
-def _declared_shapes(training: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Shapes of the training graph's inputs (the trained weights among them) and initializers."""
-    shapes: dict[str, list[int | None]] = {i.name: list(i.dims) for i in training.graph.initializer}
-    for info in training.graph.input:
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return shapes
-
-
 def _constant(training: onnx.ModelProto, name: str) -> list[int] | None:
     for init in training.graph.initializer:
         if init.name == name:
@@ -262,8 +239,8 @@ def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]] | Non
 
     ``shapes`` holds the static shapes of forward tensors (needed to split weight gradients into bands).
     """
-    shapes = {**_declared_shapes(training), **(shapes or {})}
-    b = _Builder(training.graph, prefix="fast/")
+    shapes = {**g.declared_shapes(training), **(shapes or {})}
+    b = SharedConstants(training.graph, prefix="fast/")
     nodes: list[onnx.NodeProto] = []
     counts = {"ReluGrad": 0, "ConvGrad": 0, "Expand": 0}
     producer = {out: node for node in training.graph.node for out in node.output}

@@ -216,6 +216,15 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise DLModelFileError(f"shape inference failed: {exc}") from exc
 
 
+def declared_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Shapes of the graph's inputs (a training graph's trained weights among them) and initializers."""
+    shapes: dict[str, list[int | None]] = {i.name: list(i.dims) for i in model.graph.initializer}
+    for info in model.graph.input:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Inferred shape of every tensor (None for unknown dimensions).
 

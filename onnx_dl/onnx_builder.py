@@ -74,6 +74,21 @@ class GraphBuilder:
         return name
 
 
+class SharedConstants(GraphBuilder):
+    """GraphBuilder whose constants are added once per value and hint (rewrites add many equal ones)."""
+
+    def __init__(self, graph: onnx.GraphProto, prefix: str = "") -> None:
+        super().__init__(graph, prefix)
+        self._constants: dict[tuple[str, str], str] = {}
+
+    def const(self, value: np.ndarray | float | int | list[int], hint: str = "const", name: str | None = None) -> str:
+        """An initializer holding ``value``, shared by every use of the same value and hint."""
+        key = (hint, repr(np.asarray(value).tolist()))
+        if name is not None or key not in self._constants:
+            self._constants[key] = super().const(np.asarray(value), hint, name)
+        return self._constants[key]
+
+
 def new_model(graph: onnx.GraphProto, opset: int = OPSET, extra_opsets: dict[str, int] | None = None) -> onnx.ModelProto:
     """Wrap ``graph`` in a model with the library's IR version and opset."""
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]

@@ -14,7 +14,7 @@ LAYERS = [
     ["params"],
     ["graph"],
     ["losses", "rewrites", "canonical", "batch_axis", "folded_batchnorm", "foreign", "boxes", "rotated_boxes",
-     "box_types", "anchors", "pool_gradients", "fast_gradients", "samples", "measures", "score_head", "summary", "ctc"],
+     "box_types", "anchors", "pool_gradients", "fast_gradients", "nchwc", "samples", "measures", "score_head", "summary", "ctc"],
     ["training_graph"],
     ["tasks"],  # the model types (tasks/classification.py, ...), registered by tasks/__init__.py
     ["engine.session"],

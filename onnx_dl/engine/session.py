@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .. import fast_gradients, pool_gradients
+from .. import fast_gradients, nchwc, pool_gradients
 from .. import graph as g
 from ..errors import DLRuntimeError
 from ..onnx_builder import GraphBuilder
@@ -91,7 +91,10 @@ class TrainingSession:
                         artifact_directory=folder,
                     )
                 training = onnx.load(os.path.join(folder, "training_model.onnx"))
-                self.rewrites = fast_gradients.rewrite(training, g.tensor_shapes(tg.model))
+                shapes = g.tensor_shapes(tg.model)
+                self.rewrites = fast_gradients.rewrite(training, shapes)
+                if runtime == "cpu":  # the blocked kernels are CPU-only
+                    self.rewrites["nchwc.Conv"] = nchwc.rewrite(training, shapes)
                 self.bn_outputs = _expose_outputs(training, tg)
                 onnx.save(training, os.path.join(folder, "training_model.onnx"))
                 self.state = engine.api.CheckpointState.load_checkpoint(os.path.join(folder, "checkpoint"))

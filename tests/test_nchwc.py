@@ -1,0 +1,100 @@
+"""Depthwise convolutions in the engine's blocked layout (onnx_dl.nchwc): the same loss and gradients as
+the engine's own NCHW kernels, for channel counts on and off the block, biases, strides, dilations,
+uneven pads and 5 x 5 kernels, and the rewrite fires where it should."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import load
+from onnx import TensorProto, helper, numpy_helper
+from test_fast_gradients import engine_gradients
+
+from onnx_dl import nchwc
+
+CLASSES = 3
+# (name, channels out, kernel, stride, dilation, pads, group, bias)
+LAYERS = [
+    ("expand", 12, (1, 1), 1, 1, (0, 0, 0, 0), 1, False),
+    ("dw1", 12, (3, 3), 1, 1, (1, 1, 1, 1), 12, False),  # 12 channels: padded to the block
+    ("dw2", 12, (3, 3), 2, 1, (1, 1, 1, 1), 12, True),  # strided, with a bias
+    ("narrow", 6, (1, 1), 1, 1, (0, 0, 0, 0), 1, False),
+    ("odd", 6, (3, 3), 1, 1, (1, 1, 1, 1), 6, False),  # 6 channels: the engine reorders multiples of 4 only
+    ("widen", 32, (1, 1), 1, 1, (0, 0, 0, 0), 1, True),
+    ("dw3", 32, (5, 5), 1, 1, (2, 1, 2, 3), 32, True),  # on the block (8 and 16), uneven pads
+    ("dw4", 32, (3, 3), 1, 2, (2, 2, 2, 2), 32, False),  # dilated
+    ("grouped16", 32, (3, 3), 1, 1, (1, 1, 1, 1), 2, True),  # 16 channels per group: whole blocks of 8 or 16
+    ("grouped16s", 32, (3, 3), 2, 1, (1, 1, 1, 1), 2, False),  # ... strided
+    ("grouped8", 32, (3, 3), 1, 1, (1, 1, 1, 1), 4, False),  # 8 per group: whole blocks only where B = 8
+    ("grouped_wide", 64, (3, 3), 1, 1, (1, 1, 1, 1), 2, False),  # 16 in, 32 out per group
+    ("dense", 16, (3, 3), 1, 1, (1, 1, 1, 1), 1, False),  # dense: left alone
+]
+
+
+def depthwise_network(seed: int = 0, size: int = 13) -> onnx.ModelProto:
+    """image (N, 3, size, size) -> [Conv -> Relu] x LAYERS -> GlobalAveragePool -> Flatten -> Gemm."""
+    rng = np.random.default_rng(seed)
+    inits, nodes, x, c_in = {}, [], "image", 3
+    for name, c_out, kernel, stride, dilation, pads, group, bias in LAYERS:
+        inits[f"{name}.weight"] = rng.normal(0, 0.5, (c_out, c_in // group, *kernel))
+        inputs = [x, f"{name}.weight"]
+        if bias:
+            inits[f"{name}.bias"] = rng.normal(0, 0.2, c_out)
+            inputs.append(f"{name}.bias")
+        nodes += [helper.make_node("Conv", inputs, [f"{name}.out"], kernel_shape=list(kernel), strides=[stride] * 2,
+                                   dilations=[dilation] * 2, pads=list(pads), group=group),
+                  helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"])]
+        x, c_in = f"{name}.relu", c_out
+    inits["fc.weight"], inits["fc.bias"] = rng.normal(0, 0.5, (CLASSES, c_in)), rng.normal(0, 0.1, CLASSES)
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "depthwise", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_block_size_is_a_vector_width():
+    assert nchwc.block_size() in (4, 8, 16)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_depthwise_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_path, monkeypatch, seed):
+    network = depthwise_network(seed)
+    rng = np.random.default_rng(10 + seed)
+    samples = [{"image": rng.uniform(-1, 1, (13, 13, 3)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(3)]
+    found = {}
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes: 0)
+        model = load(tmp_path, network, batch_size=3, image_dimensions=[13, 13, 3], weight_prior=0.0)
+        found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    # forward: dw1..dw4, grouped16(s), grouped_wide; input gradients turned into forward convolutions by
+    # fast_gradients: dw1, dw3, grouped16, grouped_wide (dw2 and grouped16s are strided, dw4 dilated);
+    # grouped8 (both) where B = 8; never 'odd' or 'dense'
+    assert found[True][2]["nchwc.Conv"] == 11 + (2 if nchwc.block_size() <= 8 else 0)
+    assert found[False][2]["nchwc.Conv"] == 0
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
+    assert set(found[True][1]) == set(found[False][1])
+    for name, value in found[False][1].items():
+        np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
+
+
+def test_which_convolutions_run_in_blocks():
+    shapes = {"w": [8, 2, 3, 3], "d": [8, 1, 3, 3], "g": [64, 16, 3, 3], "s": [6, 1, 3, 3], "m": [16, 1, 3, 3]}
+    conv = lambda weight, **a: helper.make_node("Conv", ["x", weight], ["y"], kernel_shape=[3, 3], **a)  # noqa: E731
+    assert nchwc.blocked(conv("w", group=4), shapes, 8) is None  # 2 channels per group: not whole blocks
+    assert nchwc.blocked(conv("w"), shapes, 8) is None  # dense
+    assert nchwc.blocked(conv("d", group=8, auto_pad="SAME_UPPER"), shapes, 8) is None
+    assert nchwc.blocked(conv("d", group=8, pads=[1, 1, 1, 1]), shapes, 16) == (8, 1, 8, [3, 3])
+    assert nchwc.blocked(conv("d", group=8), {}, 8) is None  # the weight's shape unknown
+    assert nchwc.blocked(conv("s", group=6), shapes, 8) is None  # ReorderInput takes multiples of 4 channels
+    assert nchwc.blocked(conv("m", group=8), shapes, 8) is None  # 2 outputs per group (a channel multiplier)
+    assert nchwc.blocked(conv("g", group=4), shapes, 16) == (64, 16, 4, [3, 3])
+    assert nchwc.blocked(conv("g", group=2), shapes, 16) == (64, 16, 2, [3, 3])  # 32 outputs from 16 inputs per group
+    assert nchwc.blocked(conv("g", group=8), shapes, 16) is None  # 8 outputs per group
