@@ -38,6 +38,7 @@ from .engine.runtime import ort
 from .onnx_builder import GraphBuilder, SharedConstants
 
 DOMAIN = "com.microsoft.nchwc"
+_MS = "com.microsoft"
 
 
 @functools.cache
@@ -156,22 +157,118 @@ def _blocked_conv(b: GraphBuilder, node: onnx.NodeProto, conv: Blocked, block: i
     return nodes
 
 
-def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]]) -> int:
-    """Every depthwise and grouped Conv of ``training`` the blocked kernels take, in that layout (in
-    place); returns how many.
+class WeightGradient(NamedTuple):
+    """dW of a depthwise ConvGrad as one blocked depthwise convolution over a chunk's images (see
+    :func:`weight_gradient`): ``conv`` has chunk x C channels and dY's (Ho, Wo) as its kernel."""
+
+    conv: Blocked
+    pads: list[int]
+    strides: list[int]  # the forward strides: the dilations of the kernel dY
+    size: list[int]  # (H, W) of X
+    kernel: list[int]  # (kh, kw) of the weight
+
+
+def weight_gradient(node: onnx.NodeProto, shapes: dict[str, list[int | None]], chunk: int) -> WeightGradient | None:
+    """How dW of ``node`` runs in blocks for a chunk of ``chunk`` images, when ``node`` is a 2-D depthwise
+    ConvGrad (weight (C, 1, kh, kw), group C, undilated, explicit pads) asked for dW; else None.
+
+    dW[c, 0, i, j] = sum over n, h, w of X_padded[n, c, s h + i, s w + j] dY[n, c, h, w]: the depthwise
+    convolution of X seen as one image of ``chunk`` x C channels, with dY as its (Ho, Wo) kernels dilated
+    by the strides s, summed over the images. The bottom and right pads are cut to what the kernel reaches."""
+    if node.op_type != "ConvGrad" or node.domain != _MS or len(node.output) < 2 or not node.output[1]:
+        return None
+    a = _attributes(node)
+    weight, x = shapes.get(node.input[2]), shapes.get(node.input[1])
+    group = int(a.get("group", 1))
+    if (weight is None or x is None or len(weight) != 4 or len(x) != 4 or None in weight or None in x[1:]
+            or weight[1] != 1 or weight[0] != group or x[1] != group or (chunk * group) % 4
+            or any(d != 1 for d in a.get("dilations", [1, 1]))
+            or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+        return None
+    kernel, size = [int(weight[2]), int(weight[3])], [int(x[2]), int(x[3])]
+    pads, strides = list(a.get("pads", [0, 0, 0, 0])), list(a.get("strides", [1, 1]))
+    out = [(size[d] + pads[d] + pads[d + 2] - kernel[d]) // strides[d] + 1 for d in (0, 1)]
+    ends = [kernel[d] + strides[d] * (out[d] - 1) - size[d] - pads[d] for d in (0, 1)]
+    if min(out) < 1 or min(ends) < 0:
+        return None
+    return WeightGradient(Blocked(chunk * group, 1, chunk * group, out), [pads[0], pads[1], *ends], strides, size, kernel)
+
+
+def _weight_gradient_nodes(b: GraphBuilder, node: onnx.NodeProto, found: WeightGradient, chunk: int,
+                           block: int) -> list[onnx.NodeProto]:
+    """``node``'s dW by the blocked kernels when the chunk holds ``chunk`` images (an If on the batch size,
+    which the graph leaves free), else by the engine's ConvGrad; dX and dB stay the engine's."""
+    d_y, x, weight = node.input
+    conv, (height, width) = found.conv, found.size
+    channels = conv.channels // chunk
+    nodes: list[onnx.NodeProto] = []
+    if node.output[0] or (len(node.output) > 2 and node.output[2]):
+        rest = helper.make_node("ConvGrad", node.input, [node.output[0], "", *node.output[2:3]],
+                                name=b.fresh("nchwc_dx_node"), domain=_MS)
+        rest.attribute.extend(node.attribute)
+        nodes.append(rest)
+    images, blocked_images, kernels = b.fresh("nchwc_dw_images"), b.fresh("nchwc_dw_blocked_images"), b.fresh("nchwc_dw_kernels")
+    reordered, reorder_nodes = _reordered_weight(b, kernels, conv, block)
+    blocked_taps, taps, per_image, summed, blocked_dw = (b.fresh(h) for h in ("nchwc_dw_blocked_taps", "nchwc_dw_taps",
+                                                                             "nchwc_dw_per_image", "nchwc_dw_sum", "nchwc_dw"))
+    blocked_branch = [
+        helper.make_node("Reshape", [x, b.const([1, conv.channels, height, width], "nchwc_dw_images_shape")], [images],
+                         name=b.fresh("nchwc_dw_images_node")),
+        helper.make_node("ReorderInput", [images], [blocked_images], name=b.fresh("nchwc_dw_in_node"), domain=DOMAIN),
+        helper.make_node("Reshape", [d_y, b.const([conv.channels, 1, *conv.kernel], "nchwc_dw_kernels_shape")], [kernels],
+                         name=b.fresh("nchwc_dw_kernels_node")),
+        *reorder_nodes,
+        helper.make_node("Conv", [blocked_images, reordered], [blocked_taps], name=b.fresh("nchwc_dw_conv_node"),
+                         domain=DOMAIN, kernel_shape=conv.kernel, pads=found.pads, dilations=found.strides,
+                         group=-(-conv.channels // block) * block),
+        helper.make_node("ReorderOutput", [blocked_taps], [taps], name=b.fresh("nchwc_dw_out_node"), domain=DOMAIN,
+                         channels=conv.channels),
+        helper.make_node("Reshape", [taps, b.const([chunk, channels, -1], "nchwc_dw_per_image_shape")], [per_image],
+                         name=b.fresh("nchwc_dw_per_image_node")),
+        helper.make_node("ReduceSum", [per_image, b.const([0], "nchwc_dw_axes")], [summed], name=b.fresh("nchwc_dw_sum_node"),
+                         keepdims=0),
+        helper.make_node("Reshape", [summed, b.const([channels, 1, *found.kernel], "nchwc_dw_shape")], [blocked_dw],
+                         name=b.fresh("nchwc_dw_node")),
+    ]
+    engine_dw = b.fresh("engine_dw")
+    engine_branch = helper.make_node("ConvGrad", node.input, ["", engine_dw], name=b.fresh("engine_dw_node"), domain=_MS)
+    engine_branch.attribute.extend(node.attribute)
+    shape, count, same = b.fresh("nchwc_dw_x_shape"), b.fresh("nchwc_dw_count"), b.fresh("nchwc_dw_chunk")
+    output = [helper.make_tensor_value_info(blocked_dw, TensorProto.FLOAT, None)]
+    return [*nodes,
+            helper.make_node("Shape", [x], [shape], name=b.fresh("nchwc_dw_x_shape_node")),
+            helper.make_node("Gather", [shape, b.const(np.array(0, np.int64), "nchwc_dw_batch_axis")], [count],
+                             name=b.fresh("nchwc_dw_count_node")),
+            helper.make_node("Equal", [count, b.const(np.array(chunk, np.int64), "nchwc_dw_chunk_size")], [same],
+                             name=b.fresh("nchwc_dw_chunk_node")),
+            helper.make_node("If", [same], [node.output[1]], name=b.fresh("nchwc_dw_if_node"),
+                             then_branch=helper.make_graph(blocked_branch, "blocked_weight_gradient", [], output),
+                             else_branch=helper.make_graph([engine_branch], "engine_weight_gradient", [],
+                                                           [helper.make_tensor_value_info(engine_dw, TensorProto.FLOAT, None)]))]
+
+
+def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]], chunk: int | None = None) -> dict[str, int]:
+    """Every depthwise and grouped Conv of ``training`` the blocked kernels take, in that layout, and (for
+    ``chunk``, the images per engine run the graph will mostly see) every depthwise weight gradient
+    (in place); returns how many of each.
 
     ``shapes`` holds static shapes of forward tensors; the graph's inputs and initializers are read off it."""
     known = _static_shapes(training.graph, {**g.declared_shapes(training), **shapes})
     block = block_size()
-    found = [(node, blocked(node, known, block)) for node in training.graph.node]
-    if not any(conv for _, conv in found):
-        return 0
     b = SharedConstants(training.graph, prefix="nchwc/")
     nodes: list[onnx.NodeProto] = []
-    for node, conv in found:
-        nodes += [node] if conv is None else _blocked_conv(b, node, conv, block)
+    counts = {"nchwc.Conv": 0, "nchwc.ConvGrad": 0}
+    for node in training.graph.node:
+        if (conv := blocked(node, known, block)) is not None:
+            nodes += _blocked_conv(b, node, conv, block)
+            counts["nchwc.Conv"] += 1
+        elif chunk and (found := weight_gradient(node, known, chunk)) is not None:
+            nodes += _weight_gradient_nodes(b, node, found, chunk, block)
+            counts["nchwc.ConvGrad"] += 1
+        else:
+            nodes.append(node)
     del training.graph.node[:]
     training.graph.node.extend(nodes)
-    if not any(o.domain == DOMAIN for o in training.opset_import):
+    if any(counts.values()) and not any(o.domain == DOMAIN for o in training.opset_import):
         training.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    return sum(1 for _, conv in found if conv)
+    return counts

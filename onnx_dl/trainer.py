@@ -25,8 +25,9 @@ class Engine:
     ``bn_outputs``, ``weights()``, ``load_weights(values)``) and ``solver(kind, session, runtime,
     threads, deterministic, state=, step=)`` the solver over its parameters (``apply(params)``, ``kind``,
     ``step_count``, ``state_arrays()``, ``load_state(state)``). :data:`ONNX_RUNTIME` is the one the
-    library uses; tests of this layer pass a fake (tests/test_trainer.py). On runtime 'gpu' the session is
-    also given ``device_id=`` (the CUDA device index, parameter ``gpu``)."""
+    library uses; tests of this layer pass a fake (tests/test_trainer.py). The session is also given
+    ``chunk_size=`` (the model's batch_size, or None), and on runtime 'gpu' ``device_id=`` (the CUDA
+    device index, parameter ``gpu``)."""
 
     session: Any
     solver: Any
@@ -45,7 +46,7 @@ class Trainer:
         self.graph = tg
         self.engine = engine
         device = {"device_id": params.get("gpu", 0)} if runtime == "gpu" else {}  # the CUDA device index
-        self.session = engine.session(tg, runtime, threads, deterministic, **device)
+        self.session = engine.session(tg, runtime, threads, deterministic, chunk_size=params.get("batch_size"), **device)
         self._engine = (runtime, threads, deterministic)
         self.solver = engine.solver(params["solver_type"], self.session, *self._engine, state=solver_state,
                                     step=solver_steps)

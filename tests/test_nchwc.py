@@ -62,23 +62,28 @@ def test_block_size_is_a_vector_width():
     assert nchwc.block_size() in (4, 8, 16)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_depthwise_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_path, monkeypatch, seed):
+@pytest.mark.parametrize(("seed", "images"), [(0, 3), (1, 3), (2, 2)])
+def test_depthwise_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_path, monkeypatch, seed, images):
+    """Sessions built for batch_size 3, run on chunks of 3 images (the blocked weight gradients) and of 2 (the
+    engine's, chosen in the graph)."""
     network = depthwise_network(seed)
     rng = np.random.default_rng(10 + seed)
     samples = [{"image": rng.uniform(-1, 1, (13, 13, 3)).astype(np.float32), "image_label_id": i % CLASSES}
-               for i in range(3)]
+               for i in range(images)]
     found = {}
     for blocked in (True, False):
         if not blocked:
-            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes: 0)
+            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes, chunk=None: {})
         model = load(tmp_path, network, batch_size=3, image_dimensions=[13, 13, 3], weight_prior=0.0)
         found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
     # forward: dw1..dw4, grouped16(s), grouped_wide; input gradients turned into forward convolutions by
     # fast_gradients: dw1, dw3, grouped16, grouped_wide (dw2 and grouped16s are strided, dw4 dilated);
     # grouped8 (both) where B = 8; never 'odd' or 'dense'
     assert found[True][2]["nchwc.Conv"] == 11 + (2 if nchwc.block_size() <= 8 else 0)
-    assert found[False][2]["nchwc.Conv"] == 0
+    # weight gradients: dw1, dw2 (strided, with a bias), dw3 (5 x 5, uneven pads); not dw4 (dilated) or
+    # 'odd' (3 x 6 channels: ReorderInput takes multiples of 4)
+    assert found[True][2]["nchwc.ConvGrad"] == 3
+    assert "nchwc.Conv" not in found[False][2]
     assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
     assert set(found[True][1]) == set(found[False][1])
     for name, value in found[False][1].items():
@@ -98,3 +103,31 @@ def test_which_convolutions_run_in_blocks():
     assert nchwc.blocked(conv("g", group=4), shapes, 16) == (64, 16, 4, [3, 3])
     assert nchwc.blocked(conv("g", group=2), shapes, 16) == (64, 16, 2, [3, 3])  # 32 outputs from 16 inputs per group
     assert nchwc.blocked(conv("g", group=8), shapes, 16) is None  # 8 outputs per group
+
+
+@pytest.mark.parametrize("images", [3, 2])
+def test_blocked_weight_gradients_run_exactly_at_the_chunk_size(tmp_path, monkeypatch, images):
+    """The If on the batch size takes the blocked branch for chunks of batch_size images only: with that
+    branch doubled, the depthwise weight gradients double at 3 images and stay at 2."""
+    original = nchwc._weight_gradient_nodes
+
+    def doubled(*args, **kwargs):
+        nodes = original(*args, **kwargs)
+        branch = next(a.g for a in nodes[-1].attribute if a.name == "then_branch")
+        result = branch.output[0].name
+        branch.node.append(helper.make_node("Add", [result, result], [result + "_doubled"]))
+        branch.output[0].name = result + "_doubled"
+        return nodes
+
+    rng = np.random.default_rng(3)
+    samples = [{"image": rng.uniform(-1, 1, (13, 13, 3)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(images)]
+    found = {}
+    for sabotaged in (False, True):
+        if sabotaged:
+            monkeypatch.setattr(nchwc, "_weight_gradient_nodes", doubled)
+        model = load(tmp_path, depthwise_network(), batch_size=3, image_dimensions=[13, 13, 3], weight_prior=0.0)
+        found[sabotaged] = engine_gradients(model, samples)[1]
+    for name in ("dw1.weight", "dw2.weight", "dw3.weight"):
+        np.testing.assert_allclose(found[True][name], found[False][name] * (2 if images == 3 else 1), rtol=1e-6)
+    np.testing.assert_array_equal(found[True]["dw4.weight"], found[False]["dw4.weight"])

@@ -22,7 +22,8 @@ BN = g.BatchNormStats(node="bn", input="x", mean="bn.mean", var="bn.var", moment
 class FakeSession:
     """A 'network' with one weight w; each chunk's loss is the first feed, its gradient the second."""
 
-    def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool) -> None:
+    def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool,
+                 chunk_size: int | None = None) -> None:
         self.w = np.array([1.0, 2.0], np.float32)
         self.grad = np.zeros(2, np.float32)
         self.bn_outputs = {BN.node: ("batch_mean", "batch_inv_std")}

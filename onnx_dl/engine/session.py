@@ -71,9 +71,13 @@ def device_string(runtime: str, device_id: int = 0) -> str:
 
 
 class TrainingSession:
-    """One training graph loaded in the engine: parameters, gradient buffers and the step call."""
+    """One training graph loaded in the engine: parameters, gradient buffers and the step call.
 
-    def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool, device_id: int = 0) -> None:
+    ``chunk_size``: the images per run the session will mostly see (the model's batch_size), for the
+    layout rewrites that pay only at a fixed batch size (other sizes take the engine's own kernels)."""
+
+    def __init__(self, tg: TrainingGraph, runtime: str, threads: int, deterministic: bool, device_id: int = 0,
+                 chunk_size: int | None = None) -> None:
         require_device(runtime)
         engine = training_api()
         self.graph = tg
@@ -94,7 +98,7 @@ class TrainingSession:
                 shapes = g.tensor_shapes(tg.model)
                 self.rewrites = fast_gradients.rewrite(training, shapes)
                 if runtime == "cpu":  # the blocked kernels are CPU-only
-                    self.rewrites["nchwc.Conv"] = nchwc.rewrite(training, shapes)
+                    self.rewrites.update(nchwc.rewrite(training, shapes, chunk_size))
                 self.bn_outputs = _expose_outputs(training, tg)
                 onnx.save(training, os.path.join(folder, "training_model.onnx"))
                 self.state = engine.api.CheckpointState.load_checkpoint(os.path.join(folder, "checkpoint"))
