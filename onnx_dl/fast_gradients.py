@@ -15,7 +15,7 @@ Measured on ONNX Runtime 1.19.2 (CPU) inside the training step of the bundled ne
 
   which the engine's forward kernel computes about twice as fast (depthwise: mobilenet_v2 at
   128 x 128, batch 8, 241 -> 221 ms per step). ConvGrad keeps dW and dB. The turn of each kernel is
-  a GEMM with a reversal matrix (see ``_transposed_flipped``).
+  a GEMM with a reversal matrix (see ``transposed_flipped``).
 - Nearest upsampling written as ``Expand(Unsqueeze(x, [3, 5]), [1, 1, 1, s, 1, s])`` (the
   bundled decoder's form: the engine has no Resize gradient) copies element by element; the
   same (N, C, H, s, W, s) tensor is ``Reshape(Resize(x, nearest, scales [1, 1, s, s]))``, about
@@ -79,7 +79,7 @@ def _input_gradient_as_conv(kernel: list[int], pads: list[int], strides: list[in
     return all(s == 1 for s in strides) and all(0 <= p <= k - 1 for p, k in zip(pads, kernel * 2))
 
 
-def _transposed_flipped(b: GraphBuilder, weight: str, kernel: list[int], group: int,
+def transposed_flipped(b: GraphBuilder, weight: str, kernel: list[int], group: int,
                         shape: list[int | None] | None) -> tuple[str, list[onnx.NodeProto]] | None:
     """flip(W^T) per group: (O, I/G, kh, kw) -> (I, O/G, kh, kw), each kernel turned by 180 degrees;
     None where a grouped weight's shape is unknown.
@@ -120,7 +120,7 @@ def _transposed_flipped(b: GraphBuilder, weight: str, kernel: list[int], group: 
 def _input_gradient(b: GraphBuilder, node: onnx.NodeProto, kernel: list[int], pads: list[int], group: int,
                     weight_shape: list[int | None] | None) -> list[onnx.NodeProto] | None:
     """dX = Conv(dY, flip(W^T) per group, pads = k - 1 - p, group G) for a stride-1 convolution."""
-    found = _transposed_flipped(b, node.input[2], kernel, group, weight_shape)
+    found = transposed_flipped(b, node.input[2], kernel, group, weight_shape)
     if found is None:
         return None
     flipped, nodes = found

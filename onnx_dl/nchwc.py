@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from . import fast_gradients
 from . import graph as g
 from .engine.runtime import ort
 from .onnx_builder import GraphBuilder, SharedConstants
@@ -157,114 +158,176 @@ def _blocked_conv(b: GraphBuilder, node: onnx.NodeProto, conv: Blocked, block: i
     return nodes
 
 
-class WeightGradient(NamedTuple):
-    """dW of a depthwise ConvGrad as one blocked depthwise convolution over a chunk's images (see
-    :func:`weight_gradient`): ``conv`` has chunk x C channels and dY's (Ho, Wo) as its kernel."""
+class DepthwiseGrad(NamedTuple):
+    """What a depthwise ConvGrad's blocked forms need: channels C, the weight's (kh, kw), X's (H, W),
+    pads (top, left, bottom, right), strides and dY's (Ho, Wo)."""
 
-    conv: Blocked
+    channels: int
+    kernel: list[int]
+    size: list[int]
     pads: list[int]
-    strides: list[int]  # the forward strides: the dilations of the kernel dY
-    size: list[int]  # (H, W) of X
-    kernel: list[int]  # (kh, kw) of the weight
+    strides: list[int]
+    out: list[int]
 
 
-def weight_gradient(node: onnx.NodeProto, shapes: dict[str, list[int | None]], chunk: int) -> WeightGradient | None:
-    """How dW of ``node`` runs in blocks for a chunk of ``chunk`` images, when ``node`` is a 2-D depthwise
-    ConvGrad (weight (C, 1, kh, kw), group C, undilated, explicit pads) asked for dW; else None.
-
-    dW[c, 0, i, j] = sum over n, h, w of X_padded[n, c, s h + i, s w + j] dY[n, c, h, w]: the depthwise
-    convolution of X seen as one image of ``chunk`` x C channels, with dY as its (Ho, Wo) kernels dilated
-    by the strides s, summed over the images. The bottom and right pads are cut to what the kernel reaches."""
-    if node.op_type != "ConvGrad" or node.domain != _MS or len(node.output) < 2 or not node.output[1]:
+def depthwise_grad(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> DepthwiseGrad | None:
+    """``node``'s shapes when it is a 2-D depthwise ConvGrad (weight (C, 1, kh, kw), group C, C a multiple of
+    4, undilated, explicit pads) with static C, H, W; else None."""
+    if node.op_type != "ConvGrad" or node.domain != _MS:
         return None
     a = _attributes(node)
     weight, x = shapes.get(node.input[2]), shapes.get(node.input[1])
     group = int(a.get("group", 1))
     if (weight is None or x is None or len(weight) != 4 or len(x) != 4 or None in weight or None in x[1:]
-            or weight[1] != 1 or weight[0] != group or x[1] != group or (chunk * group) % 4
+            or weight[1] != 1 or weight[0] != group or x[1] != group or group % 4
             or any(d != 1 for d in a.get("dilations", [1, 1]))
             or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
         return None
     kernel, size = [int(weight[2]), int(weight[3])], [int(x[2]), int(x[3])]
     pads, strides = list(a.get("pads", [0, 0, 0, 0])), list(a.get("strides", [1, 1]))
     out = [(size[d] + pads[d] + pads[d + 2] - kernel[d]) // strides[d] + 1 for d in (0, 1)]
-    ends = [kernel[d] + strides[d] * (out[d] - 1) - size[d] - pads[d] for d in (0, 1)]
-    if min(out) < 1 or min(ends) < 0:
-        return None
-    return WeightGradient(Blocked(chunk * group, 1, chunk * group, out), [pads[0], pads[1], *ends], strides, size, kernel)
+    return DepthwiseGrad(group, kernel, size, pads, strides, out) if min(out) >= 1 else None
 
 
-def _weight_gradient_nodes(b: GraphBuilder, node: onnx.NodeProto, found: WeightGradient, chunk: int,
+def _wanted(node: onnx.NodeProto, index: int) -> bool:
+    return len(node.output) > index and node.output[index] != ""
+
+
+def _weight_gradient_pads(grad: DepthwiseGrad) -> list[int] | None:
+    """Pads of the blocked dW convolution: the forward top and left ones, the bottom and right ones cut to
+    what dY's dilated extent reaches (None where that would be negative)."""
+    ends = [grad.kernel[d] + grad.strides[d] * (grad.out[d] - 1) - grad.size[d] - grad.pads[d] for d in (0, 1)]
+    return None if min(ends) < 0 else [grad.pads[0], grad.pads[1], *ends]
+
+
+def _weight_gradient_nodes(b: GraphBuilder, node: onnx.NodeProto, grad: DepthwiseGrad, pads: list[int], chunk: int,
                            block: int) -> list[onnx.NodeProto]:
     """``node``'s dW by the blocked kernels when the chunk holds ``chunk`` images (an If on the batch size,
-    which the graph leaves free), else by the engine's ConvGrad; dX and dB stay the engine's."""
-    d_y, x, weight = node.input
-    conv, (height, width) = found.conv, found.size
-    channels = conv.channels // chunk
-    nodes: list[onnx.NodeProto] = []
-    if node.output[0] or (len(node.output) > 2 and node.output[2]):
-        rest = helper.make_node("ConvGrad", node.input, [node.output[0], "", *node.output[2:3]],
-                                name=b.fresh("nchwc_dx_node"), domain=_MS)
-        rest.attribute.extend(node.attribute)
-        nodes.append(rest)
+    which the graph leaves free), else by the engine's ConvGrad.
+
+    dW[c, 0, i, j] = sum over n, h, w of X_padded[n, c, s h + i, s w + j] dY[n, c, h, w]: the depthwise
+    convolution of X seen as one image of ``chunk`` x C channels, with dY as its (Ho, Wo) kernels dilated
+    by the strides s, summed over the images."""
+    d_y, x, _ = node.input
+    conv = Blocked(chunk * grad.channels, 1, chunk * grad.channels, grad.out)
     images, blocked_images, kernels = b.fresh("nchwc_dw_images"), b.fresh("nchwc_dw_blocked_images"), b.fresh("nchwc_dw_kernels")
     reordered, reorder_nodes = _reordered_weight(b, kernels, conv, block)
     blocked_taps, taps, per_image, summed, blocked_dw = (b.fresh(h) for h in ("nchwc_dw_blocked_taps", "nchwc_dw_taps",
                                                                              "nchwc_dw_per_image", "nchwc_dw_sum", "nchwc_dw"))
     blocked_branch = [
-        helper.make_node("Reshape", [x, b.const([1, conv.channels, height, width], "nchwc_dw_images_shape")], [images],
+        helper.make_node("Reshape", [x, b.const([1, conv.channels, *grad.size], "nchwc_dw_images_shape")], [images],
                          name=b.fresh("nchwc_dw_images_node")),
         helper.make_node("ReorderInput", [images], [blocked_images], name=b.fresh("nchwc_dw_in_node"), domain=DOMAIN),
         helper.make_node("Reshape", [d_y, b.const([conv.channels, 1, *conv.kernel], "nchwc_dw_kernels_shape")], [kernels],
                          name=b.fresh("nchwc_dw_kernels_node")),
         *reorder_nodes,
         helper.make_node("Conv", [blocked_images, reordered], [blocked_taps], name=b.fresh("nchwc_dw_conv_node"),
-                         domain=DOMAIN, kernel_shape=conv.kernel, pads=found.pads, dilations=found.strides,
+                         domain=DOMAIN, kernel_shape=conv.kernel, pads=pads, dilations=grad.strides,
                          group=-(-conv.channels // block) * block),
         helper.make_node("ReorderOutput", [blocked_taps], [taps], name=b.fresh("nchwc_dw_out_node"), domain=DOMAIN,
                          channels=conv.channels),
-        helper.make_node("Reshape", [taps, b.const([chunk, channels, -1], "nchwc_dw_per_image_shape")], [per_image],
+        helper.make_node("Reshape", [taps, b.const([chunk, grad.channels, -1], "nchwc_dw_per_image_shape")], [per_image],
                          name=b.fresh("nchwc_dw_per_image_node")),
         helper.make_node("ReduceSum", [per_image, b.const([0], "nchwc_dw_axes")], [summed], name=b.fresh("nchwc_dw_sum_node"),
                          keepdims=0),
-        helper.make_node("Reshape", [summed, b.const([channels, 1, *found.kernel], "nchwc_dw_shape")], [blocked_dw],
+        helper.make_node("Reshape", [summed, b.const([grad.channels, 1, *grad.kernel], "nchwc_dw_shape")], [blocked_dw],
                          name=b.fresh("nchwc_dw_node")),
     ]
     engine_dw = b.fresh("engine_dw")
     engine_branch = helper.make_node("ConvGrad", node.input, ["", engine_dw], name=b.fresh("engine_dw_node"), domain=_MS)
     engine_branch.attribute.extend(node.attribute)
     shape, count, same = b.fresh("nchwc_dw_x_shape"), b.fresh("nchwc_dw_count"), b.fresh("nchwc_dw_chunk")
-    output = [helper.make_tensor_value_info(blocked_dw, TensorProto.FLOAT, None)]
-    return [*nodes,
-            helper.make_node("Shape", [x], [shape], name=b.fresh("nchwc_dw_x_shape_node")),
+    branches = {"then_branch": helper.make_graph(blocked_branch, "blocked_weight_gradient", [],
+                                                 [helper.make_tensor_value_info(blocked_dw, TensorProto.FLOAT, None)]),
+                "else_branch": helper.make_graph([engine_branch], "engine_weight_gradient", [],
+                                                 [helper.make_tensor_value_info(engine_dw, TensorProto.FLOAT, None)])}
+    return [helper.make_node("Shape", [x], [shape], name=b.fresh("nchwc_dw_x_shape_node")),
             helper.make_node("Gather", [shape, b.const(np.array(0, np.int64), "nchwc_dw_batch_axis")], [count],
                              name=b.fresh("nchwc_dw_count_node")),
             helper.make_node("Equal", [count, b.const(np.array(chunk, np.int64), "nchwc_dw_chunk_size")], [same],
                              name=b.fresh("nchwc_dw_chunk_node")),
-            helper.make_node("If", [same], [node.output[1]], name=b.fresh("nchwc_dw_if_node"),
-                             then_branch=helper.make_graph(blocked_branch, "blocked_weight_gradient", [], output),
-                             else_branch=helper.make_graph([engine_branch], "engine_weight_gradient", [],
-                                                           [helper.make_tensor_value_info(engine_dw, TensorProto.FLOAT, None)]))]
+            helper.make_node("If", [same], [node.output[1]], name=b.fresh("nchwc_dw_if_node"), **branches)]
+
+
+def _strided_input_pads(grad: DepthwiseGrad) -> list[int] | None:
+    """Pads of the stride-1 convolution giving dX from the zero-interleaved dY (Ho s rows): k - 1 - p before,
+    H + p - Ho s after; None unless the convolution is strided and both are non-negative."""
+    if all(s == 1 for s in grad.strides):
+        return None
+    before = [grad.kernel[d] - 1 - grad.pads[d] for d in (0, 1)]
+    after = [grad.size[d] + grad.pads[d] - grad.out[d] * grad.strides[d] for d in (0, 1)]
+    return None if min(before + after) < 0 else [*before, *after]
+
+
+def _strided_input_nodes(b: GraphBuilder, node: onnx.NodeProto, grad: DepthwiseGrad, pads: list[int],
+                         block: int) -> list[onnx.NodeProto] | None:
+    """dX of strided depthwise ConvGrad ``node`` as the blocked stride-1 convolution of dY with zeros
+    between its values (nearest upsampling times a 0/1 mask) by the kernel flipped in space."""
+    found = fast_gradients.transposed_flipped(b, node.input[2], grad.kernel, grad.channels, [grad.channels, 1, *grad.kernel])
+    if found is None:
+        return None
+    flipped, nodes = found
+    spread = [grad.out[d] * grad.strides[d] for d in (0, 1)]
+    mask = np.zeros((1, 1, *spread), np.float32)
+    mask[:, :, ::grad.strides[0], ::grad.strides[1]] = 1.0
+    upsampled, interleaved = b.fresh("nchwc_dx_upsampled"), b.fresh("nchwc_dx_interleaved")
+    nodes += [
+        helper.make_node("Resize", [node.input[0], "", b.const(np.array([1, 1, *grad.strides], np.float32), "nchwc_dx_scales")],
+                         [upsampled], name=b.fresh("nchwc_dx_upsample_node"), mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        helper.make_node("Mul", [upsampled, b.const(mask, "nchwc_dx_mask")], [interleaved], name=b.fresh("nchwc_dx_mask_node")),
+    ]
+    conv = helper.make_node("Conv", [interleaved, flipped], [node.output[0]], kernel_shape=grad.kernel, pads=pads,
+                            group=grad.channels)
+    return nodes + _blocked_conv(b, conv, Blocked(grad.channels, 1, grad.channels, grad.kernel), block)
+
+
+def _conv_grad(b: GraphBuilder, node: onnx.NodeProto, shapes: dict[str, list[int | None]], chunk: int | None,
+               block: int, counts: dict[str, int]) -> list[onnx.NodeProto] | None:
+    """Depthwise ConvGrad ``node`` with its dW (at ``chunk`` images) and strided dX by the blocked kernels,
+    what is left (dB, other dX) by the engine's ConvGrad; None where nothing is blocked. Counts each in
+    ``counts`` ('nchwc.dX', 'nchwc.dW')."""
+    grad = depthwise_grad(node, shapes)
+    if grad is None:
+        return None
+    nodes: list[onnx.NodeProto] = []
+    left = list(node.output) + [""] * (3 - len(node.output))
+    dx_pads = _strided_input_pads(grad) if _wanted(node, 0) else None
+    if dx_pads is not None and (dx := _strided_input_nodes(b, node, grad, dx_pads, block)) is not None:
+        nodes += dx
+        left[0] = ""
+        counts["nchwc.dX"] += 1
+    dw_pads = _weight_gradient_pads(grad) if chunk and _wanted(node, 1) and (chunk * grad.channels) % 4 == 0 else None
+    if dw_pads is not None and chunk is not None:
+        nodes += _weight_gradient_nodes(b, node, grad, dw_pads, chunk, block)
+        left[1] = ""
+        counts["nchwc.dW"] += 1
+    if not nodes:
+        return None
+    if any(left):
+        rest = helper.make_node("ConvGrad", node.input, left, name=b.fresh("nchwc_engine_grad_node"), domain=_MS)
+        rest.attribute.extend(node.attribute)
+        nodes.insert(0, rest)
+    return nodes
 
 
 def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]], chunk: int | None = None) -> dict[str, int]:
-    """Every depthwise and grouped Conv of ``training`` the blocked kernels take, in that layout, and (for
-    ``chunk``, the images per engine run the graph will mostly see) every depthwise weight gradient
-    (in place); returns how many of each.
+    """Every depthwise and grouped Conv of ``training`` the blocked kernels take, in that layout, and the
+    strided input gradients and (for ``chunk``, the images per engine run the graph will mostly see) the
+    weight gradients of depthwise ConvGrads (in place); returns how many of each.
 
     ``shapes`` holds static shapes of forward tensors; the graph's inputs and initializers are read off it."""
     known = _static_shapes(training.graph, {**g.declared_shapes(training), **shapes})
     block = block_size()
     b = SharedConstants(training.graph, prefix="nchwc/")
     nodes: list[onnx.NodeProto] = []
-    counts = {"nchwc.Conv": 0, "nchwc.ConvGrad": 0}
+    counts = {"nchwc.Conv": 0, "nchwc.dX": 0, "nchwc.dW": 0}
     for node in training.graph.node:
         if (conv := blocked(node, known, block)) is not None:
             nodes += _blocked_conv(b, node, conv, block)
             counts["nchwc.Conv"] += 1
-        elif chunk and (found := weight_gradient(node, known, chunk)) is not None:
-            nodes += _weight_gradient_nodes(b, node, found, chunk, block)
-            counts["nchwc.ConvGrad"] += 1
+        elif (grads := _conv_grad(b, node, known, chunk, block, counts)) is not None:
+            nodes += grads
         else:
             nodes.append(node)
     del training.graph.node[:]

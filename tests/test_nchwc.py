@@ -81,8 +81,8 @@ def test_depthwise_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_
     # grouped8 (both) where B = 8; never 'odd' or 'dense'
     assert found[True][2]["nchwc.Conv"] == 11 + (2 if nchwc.block_size() <= 8 else 0)
     # weight gradients: dw1, dw2 (strided, with a bias), dw3 (5 x 5, uneven pads); not dw4 (dilated) or
-    # 'odd' (3 x 6 channels: ReorderInput takes multiples of 4)
-    assert found[True][2]["nchwc.ConvGrad"] == 3
+    # 'odd' (6 channels: ReorderInput takes multiples of 4); strided input gradients: dw2
+    assert found[True][2]["nchwc.dW"] == 3 and found[True][2]["nchwc.dX"] == 1
     assert "nchwc.Conv" not in found[False][2]
     assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
     assert set(found[True][1]) == set(found[False][1])
