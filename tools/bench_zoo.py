@@ -7,7 +7,10 @@ module in PyTorch eager, same weights, same batch, same thread count.
 Needs the test extra (torch, torchvision). Per network the parent exports the module with
 ``onnx_dl.export_torch`` (batch norm kept), then two worker processes, one per engine, train on the
 same fixed batch (SGD, momentum 0.9, no weight decay; classification cross-entropy, segmentation
-per-pixel cross-entropy on the ``out`` head). The parent alternates blocks of ``--steps`` steps between
+per-pixel cross-entropy on the ``out`` head). A detector (``detector_resnet18``) is onnx_dl's
+``create_dl_model_detection`` on the exported backbone; there both sides are ``tools/bench.py``'s and
+train onnx_dl's training graph (focal and Huber losses, weight prior 1e-4; PyTorch through
+``tools/onnx_to_torch.py``), after checking that their first losses agree. The parent alternates blocks of ``--steps`` steps between
 them, flipping the order every block, with a pause between blocks so one engine's spinning threads do
 not slow the other (worker processes and interleaving: ``tools/benchlib/workers.py``, shared with
 ``tools/bench.py``). Reported: median ms per step of each side and the ratio onnx_dl / PyTorch (median
@@ -33,7 +36,9 @@ NETWORKS: dict[str, tuple[str, int, int]] = {
     "shufflenet_v2_x0_5": ("classification", 128, 8),
     "regnet_x_400mf": ("classification", 128, 8),
     "lraspp_mobilenet_v3_large": ("segmentation", 128, 4),
+    "detector_resnet18": ("detection", 128, 4),
 }
+BACKBONES = {"detector_resnet18": "resnet18"}  # detectors: onnx_dl's create_dl_model_detection on this backbone
 CLASSES = 4
 
 
@@ -44,6 +49,8 @@ def build(name: str) -> Any:
 
     torch.manual_seed(0)
     task = NETWORKS[name][0]
+    if task == "detection":
+        return getattr(torchvision.models, BACKBONES[name])(num_classes=CLASSES)
     if task == "segmentation":
         return getattr(torchvision.models.segmentation, name)(num_classes=CLASSES, weights=None,
                                                              weights_backbone=None)
@@ -136,6 +143,31 @@ class TorchSide:
 SIDES = {"onnx_dl": OnnxDlSide, "torch": TorchSide}
 
 
+def detection_case(path: Path, name: str) -> dict[str, Any]:
+    """The ``tools/bench.py`` case of a detector built by onnx_dl on the exported backbone ``path``: both sides
+    train onnx_dl's training graph (PyTorch through ``tools/onnx_to_torch.py``), SGD with momentum 0.9."""
+    _, size, count = NETWORKS[name]
+    return {"model_type": "detection", "source": str(path), "size": size, "batch": count, "samples": "detection_samples",
+            "steps_per_block": 3, "params": {"min_level": 3, "max_level": 5}, "create": "create_dl_model_detection",
+            "num_classes": 3, "class_weights": False}
+
+
+def _start(name: str, path: Path, threads: int) -> dict[str, Worker]:
+    """Both sides' workers, set up (a detector's through ``tools/bench.py``, whose losses must agree first)."""
+    if NETWORKS[name][0] != "detection":
+        sides = {side: Worker(__file__, side) for side in SIDES}
+        for side in sides.values():
+            side.call("setup", name=name, path=str(path), threads=threads)
+        return sides
+    from benchlib.cases import check_losses
+
+    sides = {side: Worker(Path(__file__).with_name("bench.py"), side) for side in SIDES}
+    setup = {side: w.call("setup", case=detection_case(path, name), solver="sgd", threads=threads)
+             for side, w in sides.items()}
+    check_losses(setup["onnx_dl"]["losses"], setup["torch"]["losses"], name)
+    return sides
+
+
 def bench(name: str, threads: int, blocks: int, steps: int, folder: Path) -> dict[str, Any]:
     """Median ms per step of both engines and their ratio (median over paired blocks)."""
     path = folder / f"{name}.onnx"
@@ -147,10 +179,9 @@ def bench(name: str, threads: int, blocks: int, steps: int, folder: Path) -> dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dl.export_torch(build(name), path, NETWORKS[name][1])
-    sides = {side: Worker(__file__, side) for side in SIDES}
+    sides: dict[str, Worker] = {}
     try:
-        for side in sides.values():
-            side.call("setup", name=name, path=str(path), threads=threads)
+        sides = _start(name, path, threads)
         runs = interleave(sides, blocks, steps)
         for side in sides.values():
             side.call("finish")
