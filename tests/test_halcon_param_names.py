@@ -207,7 +207,7 @@ def test_the_trainer_passes_the_device_index_to_the_training_session() -> None:
     received: list[tuple[str, dict[str, Any]]] = []
 
     class Session:
-        def __init__(self, tg: TrainingGraph, where: str, threads: int, deterministic: bool, **device: int) -> None:
+        def __init__(self, tg: TrainingGraph, where: str, threads: int, deterministic: bool, **device: int | None) -> None:
             received.append((where, device))
 
     def solver(*args: Any, **kwargs: Any) -> None:
@@ -215,8 +215,8 @@ def test_the_trainer_passes_the_device_index_to_the_training_session() -> None:
 
     graph = TrainingGraph(model=onnx.ModelProto(), inputs=[], losses=[], trainable=[], batchnorms=[], bn_elements={})
     for where in ("gpu", "cpu"):
-        Trainer(graph, {}, {"solver_type": "sgd", "gpu": 3}, where, 1, False, engine=Engine(Session, solver))
-    assert received == [("gpu", {"device_id": 3}), ("cpu", {})]
+        Trainer(graph, {}, {"solver_type": "sgd", "gpu": 3, "batch_size": 5}, where, 1, False, engine=Engine(Session, solver))
+    assert received == [("gpu", {"device_id": 3, "chunk_size": 5}), ("cpu", {"chunk_size": 5})]
 
 
 # -- runtime_init --------------------------------------------------------------------------------
