@@ -13,8 +13,8 @@ train onnx_dl's training graph (focal and Huber losses, weight prior 1e-4; PyTor
 ``tools/onnx_to_torch.py``), after checking that their first losses agree. The parent alternates blocks of ``--steps`` steps between
 them, flipping the order every block, with a pause between blocks so one engine's spinning threads do
 not slow the other (worker processes and interleaving: ``tools/benchlib/workers.py``, shared with
-``tools/bench.py``). Reported: median ms per step of each side and the ratio onnx_dl / PyTorch (median
-over paired blocks), for each thread count.
+``tools/bench.py``). Reported: median ms per step of each side, the ratio onnx_dl / PyTorch (median
+over paired blocks) and each worker's peak RSS, for each thread count.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.report import paired_ratios
-from benchlib.workers import Worker, close_all, interleave, serve, timed_steps
+from benchlib.workers import Worker, close_all, interleave, peak_rss_mb, serve, timed_steps
 
 # network: (task, image size, batch)
 NETWORKS: dict[str, tuple[str, int, int]] = {
@@ -98,8 +98,8 @@ class OnnxDlSide:
         return timed_steps(self.step, steps)
 
     def finish(self) -> dict[str, Any]:
-        """Nothing to report."""
-        return {}
+        """This worker's peak RSS."""
+        return {"peak_rss_mb": peak_rss_mb()}
 
 
 class TorchSide:
@@ -136,8 +136,8 @@ class TorchSide:
         return timed_steps(self.step, steps)
 
     def finish(self) -> dict[str, Any]:
-        """Nothing to report."""
-        return {}
+        """This worker's peak RSS."""
+        return {"peak_rss_mb": peak_rss_mb()}
 
 
 SIDES = {"onnx_dl": OnnxDlSide, "torch": TorchSide}
@@ -183,13 +183,13 @@ def bench(name: str, threads: int, blocks: int, steps: int, folder: Path) -> dic
     try:
         sides = _start(name, path, threads)
         runs = interleave(sides, blocks, steps)
-        for side in sides.values():
-            side.call("finish")
+        finish = {name: side.call("finish") for name, side in sides.items()}
     finally:
         close_all(list(sides.values()))
     ours, theirs = (1000 * statistics.median([t for block in runs[s] for t in block["times"]]) for s in ("onnx_dl", "torch"))
     return {"network": name, "threads": threads, "onnx_dl_ms": ours, "torch_ms": theirs,
-            "ratio": statistics.median(paired_ratios(runs))}
+            "ratio": statistics.median(paired_ratios(runs)),
+            "onnx_dl_rss_mb": finish["onnx_dl"]["peak_rss_mb"], "torch_rss_mb": finish["torch"]["peak_rss_mb"]}
 
 
 def main() -> None:
@@ -205,7 +205,8 @@ def main() -> None:
     if args.worker:
         serve(SIDES[args.worker]())
         return
-    lines = ["| network | task, image, batch | threads | onnx_dl ms | PyTorch ms | ratio |", "|---|---|---|---|---|---|"]
+    lines = ["| network | task, image, batch | threads | onnx_dl ms | PyTorch ms | ratio | peak RSS MB onnx_dl / PyTorch |",
+             "|---|---|---|---|---|---|---|"]
     print(*lines, sep="\n", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for name in args.networks.split(","):
@@ -213,7 +214,7 @@ def main() -> None:
                 r = bench(name, threads, args.blocks, args.steps, Path(folder))
                 task, size, count = NETWORKS[name]
                 lines.append(f"| {name} | {task}, {size} x {size}, {count} | {threads} | {r['onnx_dl_ms']:.0f} | "
-                             f"{r['torch_ms']:.0f} | {r['ratio']:.2f} |")
+                             f"{r['torch_ms']:.0f} | {r['ratio']:.2f} | {r['onnx_dl_rss_mb']:.0f} / {r['torch_rss_mb']:.0f} |")
                 print(lines[-1], flush=True)
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
