@@ -21,6 +21,11 @@ Measured on ONNX Runtime 1.19.2 (CPU) inside the training step of the bundled ne
   same (N, C, H, s, W, s) tensor is ``Reshape(Resize(x, nearest, scales [1, 1, s, s]))``, about
   eight times faster. Only the forward computation changes: the gradient graph already built for
   the Expand stays valid.
+- ``Sum`` (the engine adds up the gradients of a tensor with several consumers with it, e.g. a
+  weight's from its convolution and the two of the weight prior's square) runs single-threaded; on
+  two or more threads it becomes a chain of ``Add`` (multi-threaded), which adds in the same order,
+  bit for bit (resnet18, 2 threads: 285 -> 275 ms per step). On one thread only two-term Sums change
+  (as fast as one Add); longer chains would read the partial sums again.
 - The weight gradient of a convolution on a large image (ConvGrad's im2col buffer over 8 MB per
   image) is memory-bound; it becomes the sum of ConvGrads over bands of output rows (each with its
   slice of dY and of X, halo rows included) whose buffers stay in cache: about twice as fast.
@@ -57,6 +62,16 @@ def _relu_grad(b: GraphBuilder, node: onnx.NodeProto) -> list[onnx.NodeProto]:
                          name=b.fresh("relu_mask_node")),
         helper.make_node("Mul", [d_y, mask], [node.output[0]], name=b.fresh("relu_grad_node")),
     ]
+
+
+def _sum_as_adds(b: GraphBuilder, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """Sum(a, b, c, ...) as Add(Add(a, b), c) ...: the same additions in the same order."""
+    total, nodes = node.input[0], []
+    for i, term in enumerate(node.input[1:], start=2):
+        out = node.output[0] if i == len(node.input) else b.fresh("sum_partial")
+        nodes.append(helper.make_node("Add", [total, term], [out], name=b.fresh("sum_add_node")))
+        total = out
+    return nodes
 
 
 def _conv_attributes(node: onnx.NodeProto) -> tuple[list[int], list[int], list[int], int] | None:
@@ -234,20 +249,23 @@ def _upsampling(b: GraphBuilder, node: onnx.NodeProto, spread: onnx.NodeProto, f
     ]
 
 
-def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]] | None = None) -> dict[str, int]:
+def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]] | None = None, threads: int = 1) -> dict[str, int]:
     """Replace slow nodes of ``training`` in place; return how many of each kind were replaced.
 
-    ``shapes`` holds the static shapes of forward tensors (needed to split weight gradients into bands).
+    ``shapes`` holds the static shapes of forward tensors (needed to split weight gradients into bands);
+    ``threads`` the session's thread count.
     """
     shapes = {**g.declared_shapes(training), **(shapes or {})}
     b = SharedConstants(training.graph, prefix="fast/")
     nodes: list[onnx.NodeProto] = []
-    counts = {"ReluGrad": 0, "ConvGrad": 0, "Expand": 0}
+    counts = {"ReluGrad": 0, "ConvGrad": 0, "Expand": 0, "Sum": 0}
     producer = {out: node for node in training.graph.node for out in node.output}
     for node in training.graph.node:
         factor = _upsampling_factor(training, node, producer) if node.op_type == "Expand" and node.domain == "" else None
         if factor is not None:
             nodes += _upsampling(b, node, producer[node.input[0]], factor)
+        elif node.domain == "" and node.op_type == "Sum" and (len(node.input) == 2 or len(node.input) > 2 and threads > 1):
+            nodes += _sum_as_adds(b, node)
         elif node.domain == _MS and node.op_type == "ReluGrad":
             nodes += _relu_grad(b, node)
         elif node.domain == _MS and node.op_type == "ConvGrad" and (faster := _conv_grad(b, node, shapes)) is not None:

@@ -150,7 +150,7 @@ def test_grouped_and_strided_input_gradients_equal_the_engine_kernels(tmp_path, 
     found = {}
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, shapes=None: {})
+            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, shapes=None, threads=1: {})
         model = load(tmp_path, network, batch_size=3, image_dimensions=[9, 9, CHANNELS], weight_prior=0.0)
         found[fast] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
     assert found[True][2]["ConvGrad"] == 2  # g2 and g5 (g1 reads the image: no dX; the strided keep the engine's)
@@ -171,7 +171,7 @@ def test_bundled_segmentation_network_same_gradients_as_engine_kernels(tmp_path,
     found = {}
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, shapes=None: {})
+            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, shapes=None, threads=1: {})
         model = dl.read_dl_model(path, type="segmentation")
         for name, value in (("image_dimensions", [16, 16, 3]), ("batch_size", 3), ("weight_prior", 0.0)):
             dl.set_dl_model_param(model, name, value)
@@ -228,3 +228,29 @@ def test_relu_mask_is_exact_from_the_smallest_normal_float_up():
                for m in (model, rewritten)]
     np.testing.assert_array_equal(results[1], results[0])
     np.testing.assert_array_equal(results[1], np.where(y > 0, d_y, 0.0))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sums_become_adds_in_the_same_order_bit_for_bit(threads):
+    """Sum of 2, 3 and 4 terms (one broadcast) as chains of Add: equal bit for bit to the engine's Sum; on
+    one thread only the two-term Sum changes."""
+    shapes = {"a": [2, 3, 4, 5], "b": [2, 3, 4, 5], "c": [2, 3, 4, 5], "d": [1, 3, 1, 5]}
+    nodes = [helper.make_node("Sum", ["a", "b"], ["two"]), helper.make_node("Sum", ["a", "b", "c"], ["three"]),
+             helper.make_node("Sum", ["c", "d", "a", "b"], ["four"])]
+    graph = helper.make_graph(nodes, "sums", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("two", "three", "four")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert fast_gradients.rewrite(rewritten, threads=threads)["Sum"] == (3 if threads > 1 else 1)
+    assert [n.op_type for n in rewritten.graph.node].count("Sum") == (0 if threads > 1 else 2)
+    rng = np.random.default_rng(6)
+    # magnitudes far apart, so that another order of the additions would round differently
+    feeds = {n: (rng.standard_normal(s) * 10.0 ** rng.integers(-6, 7, s)).astype(np.float32) for n, s in shapes.items()}
+    rt = runtime.ort()
+    results = [rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+               for m in (model, rewritten)]
+    for ours, engine in zip(results[1], results[0]):
+        np.testing.assert_array_equal(ours, engine)
+    np.testing.assert_array_equal(results[1][2], ((feeds["c"] + feeds["d"]) + feeds["a"]) + feeds["b"])

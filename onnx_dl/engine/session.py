@@ -96,7 +96,7 @@ class TrainingSession:
                     )
                 training = onnx.load(os.path.join(folder, "training_model.onnx"))
                 shapes = g.tensor_shapes(tg.model)
-                self.rewrites = fast_gradients.rewrite(training, shapes)
+                self.rewrites = fast_gradients.rewrite(training, shapes, threads)
                 if runtime == "cpu":  # the blocked kernels are CPU-only
                     self.rewrites.update(nchwc.rewrite(training, shapes, chunk_size))
                 self.bn_outputs = _expose_outputs(training, tg)
