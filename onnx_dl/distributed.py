@@ -111,9 +111,10 @@ class GradientWorker:
         """The worker's process id (a started worker answers)."""
         return os.getpid()
 
-    def load_graph(self, graph: TrainingGraph, threads: int, deterministic: bool) -> None:
-        """Build the engine session of ``graph`` (a new graph, image size or engine setting of the model)."""
-        self.trainer = Trainer(graph, {}, {"solver_type": "sgd"}, "cpu", threads, deterministic,
+    def load_graph(self, graph: TrainingGraph, threads: int, deterministic: bool, chunk_size: int | None = None) -> None:
+        """Build the engine session of ``graph`` (a new graph, image size or engine setting of the model) for
+        chunks of ``chunk_size`` images, as the driver's (the same kernels, the same rounding)."""
+        self.trainer = Trainer(graph, {}, {"solver_type": "sgd", "batch_size": chunk_size}, "cpu", threads, deterministic,
                                engine=GRADIENTS_ONLY)
 
     def die_during_next_step(self) -> None:
@@ -228,6 +229,7 @@ class DataParallel:
         self._started_ray = self._connect(address)
         self._trainer: Trainer | None = None  # the model's trainer whose graph the workers hold
         self._graph_ref: Any = None
+        self._chunk_size: int | None = None  # the images per chunk the sessions are built for (the driver's)
         self._token = 0  # numbers the dataset-mode steps
         self._dataset_ref: Any = None
         self.dataset = dataset  # the dataset the workers read themselves (train_dl_model then sends indices)
@@ -292,7 +294,7 @@ class DataParallel:
         self._wait_started([worker])
         if self._graph_ref is not None:
             self._ray.get(worker.load_graph.remote(self._graph_ref, self.threads,
-                                                   system.get_system("cudnn_deterministic")))
+                                                   system.get_system("cudnn_deterministic"), self._chunk_size))
         self._workers[index] = worker
 
     def die_during_next_step(self, worker: int) -> None:
@@ -325,10 +327,11 @@ class DataParallel:
             return
         self._trainer = None
         self._graph_ref = self._ray.put(trainer.graph)
+        self._chunk_size = getattr(trainer.session, "chunk_size", None)
         deterministic = system.get_system("cudnn_deterministic")
         everyone = [(w, range(0)) for w in range(len(self._workers))]
         self._on_each(everyone, lambda w, r: self._workers[w].load_graph.remote(self._graph_ref, self.threads,
-                                                                                  deterministic))
+                                                                                  deterministic, self._chunk_size))
         self._trainer = trainer
 
     def _busy(self, chunks: int) -> list[tuple[int, range]]:

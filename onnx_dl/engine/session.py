@@ -81,6 +81,7 @@ class TrainingSession:
         require_device(runtime)
         engine = training_api()
         self.graph = tg
+        self.chunk_size = chunk_size
         self.device_id = device_id if runtime == "gpu" else 0  # the CUDA device index (parameter 'gpu')
         self.device = device_string(runtime, device_id)
         options = session_options(threads, deterministic)
