@@ -30,22 +30,29 @@ GROUPED_LAYERS = [("g1", 6, (3, 3), 1, (1, 1, 1, 1), 1), ("g2", 6, (3, 3), 1, (1
                   ("g5", 8, (3, 3), 1, (1, 1, 1, 1), 4), ("g6", 8, (2, 2), 2, (1, 1, 0, 0), 1)]
 
 
-def conv_relu_network(seed: int = 0, layers: list[tuple] = LAYERS, size: int = SIZE) -> onnx.ModelProto:
-    """image (N, 2, size, size) -> [Conv -> Relu] x layers -> GlobalAveragePool -> Flatten -> Gemm -> logits."""
+def conv_relu_network(seed: int = 0, layers: list[tuple] = LAYERS, size: int = SIZE, channels: int = CHANNELS,
+                      std: float = 0.4) -> onnx.ModelProto:
+    """image (N, channels, size, size) -> [Conv -> Relu] x layers -> GlobalAveragePool -> Flatten -> Gemm -> logits.
+
+    A layer is (name, out channels, kernel, stride, pads[, group[, dilation[, with bias]]])."""
     rng = np.random.default_rng(seed)
-    inits, nodes, x, c_in = {}, [], "image", CHANNELS
-    for name, c_out, kernel, stride, pads, *group in layers:
-        groups = group[0] if group else 1
-        inits[f"{name}.weight"] = rng.normal(0, 0.4, (c_out, c_in // groups, *kernel))
-        nodes += [helper.make_node("Conv", [x, f"{name}.weight"], [f"{name}.out"], kernel_shape=list(kernel),
-                                   strides=[stride, stride], pads=list(pads), group=groups),
+    inits, nodes, x, c_in = {}, [], "image", channels
+    for name, c_out, kernel, stride, pads, *extra in layers:
+        groups, dilation, bias = [*extra, *(1, 1, False)[len(extra):]]
+        inits[f"{name}.weight"] = rng.normal(0, std, (c_out, c_in // groups, *kernel))
+        inputs = [x, f"{name}.weight"]
+        if bias:
+            inits[f"{name}.bias"] = rng.normal(0, 0.2, c_out)
+            inputs.append(f"{name}.bias")
+        nodes += [helper.make_node("Conv", inputs, [f"{name}.out"], kernel_shape=list(kernel), strides=[stride, stride],
+                                   dilations=[dilation, dilation], pads=list(pads), group=groups),
                   helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"])]
         x, c_in = f"{name}.relu", c_out
     inits["fc.weight"], inits["fc.bias"] = rng.normal(0, 0.5, (CLASSES, c_in)), rng.normal(0, 0.1, CLASSES)
     nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
               helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1)]
     graph = helper.make_graph(
-        nodes, "conv_relu", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, size, size])],
+        nodes, "conv_relu", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

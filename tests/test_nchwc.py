@@ -1,4 +1,4 @@
-"""Depthwise convolutions in the engine's blocked layout (onnx_dl.nchwc): the same loss and gradients as
+"""Depthwise and grouped convolutions and depthwise gradients in the engine's blocked layout (onnx_dl.nchwc): the same
 the engine's own NCHW kernels, for channel counts on and off the block, biases, strides, dilations,
 uneven pads and 5 x 5 kernels, and the rewrite fires where it should."""
 
@@ -8,54 +8,32 @@ import numpy as np
 import onnx
 import pytest
 from conftest import load
-from onnx import TensorProto, helper, numpy_helper
-from test_fast_gradients import engine_gradients
+from onnx import helper
+from test_fast_gradients import CLASSES, conv_relu_network, engine_gradients
 
 from onnx_dl import nchwc
 
-CLASSES = 3
-# (name, channels out, kernel, stride, dilation, pads, group, bias)
+# (name, channels out, kernel, stride, pads, group, dilation, bias): conv_relu_network's layers
 LAYERS = [
-    ("expand", 12, (1, 1), 1, 1, (0, 0, 0, 0), 1, False),
-    ("dw1", 12, (3, 3), 1, 1, (1, 1, 1, 1), 12, False),  # 12 channels: padded to the block
-    ("dw2", 12, (3, 3), 2, 1, (1, 1, 1, 1), 12, True),  # strided, with a bias
-    ("narrow", 6, (1, 1), 1, 1, (0, 0, 0, 0), 1, False),
-    ("odd", 6, (3, 3), 1, 1, (1, 1, 1, 1), 6, False),  # 6 channels: the engine reorders multiples of 4 only
-    ("widen", 32, (1, 1), 1, 1, (0, 0, 0, 0), 1, True),
-    ("dw3", 32, (5, 5), 1, 1, (2, 1, 2, 3), 32, True),  # on the block (8 and 16), uneven pads
-    ("dw4", 32, (3, 3), 1, 2, (2, 2, 2, 2), 32, False),  # dilated
-    ("grouped16", 32, (3, 3), 1, 1, (1, 1, 1, 1), 2, True),  # 16 channels per group: whole blocks of 8 or 16
-    ("grouped16s", 32, (3, 3), 2, 1, (1, 1, 1, 1), 2, False),  # ... strided
-    ("grouped8", 32, (3, 3), 1, 1, (1, 1, 1, 1), 4, False),  # 8 per group: whole blocks only where B = 8
-    ("grouped_wide", 64, (3, 3), 1, 1, (1, 1, 1, 1), 2, False),  # 16 in, 32 out per group
-    ("dense", 16, (3, 3), 1, 1, (1, 1, 1, 1), 1, False),  # dense: left alone
+    ("expand", 12, (1, 1), 1, (0, 0, 0, 0), 1, 1, False),
+    ("dw1", 12, (3, 3), 1, (1, 1, 1, 1), 12, 1, False),  # 12 channels: padded to the block
+    ("dw2", 12, (3, 3), 2, (1, 1, 1, 1), 12, 1, True),  # strided, with a bias
+    ("narrow", 6, (1, 1), 1, (0, 0, 0, 0), 1, 1, False),
+    ("odd", 6, (3, 3), 1, (1, 1, 1, 1), 6, 1, False),  # 6 channels: the engine reorders multiples of 4 only
+    ("widen", 32, (1, 1), 1, (0, 0, 0, 0), 1, 1, True),
+    ("dw3", 32, (5, 5), 1, (2, 1, 2, 3), 32, 1, True),  # on the block (8 and 16), uneven pads
+    ("dw4", 32, (3, 3), 1, (2, 2, 2, 2), 32, 2, False),  # dilated
+    ("grouped16", 32, (3, 3), 1, (1, 1, 1, 1), 2, 1, True),  # 16 channels per group: whole blocks of 8 or 16
+    ("grouped16s", 32, (3, 3), 2, (1, 1, 1, 1), 2, 1, False),  # ... strided
+    ("grouped8", 32, (3, 3), 1, (1, 1, 1, 1), 4, 1, False),  # 8 per group: whole blocks only where B = 8
+    ("grouped_wide", 64, (3, 3), 1, (1, 1, 1, 1), 2, 1, False),  # 16 in, 32 out per group
+    ("dense", 16, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # dense: left alone
 ]
 
 
 def depthwise_network(seed: int = 0, size: int = 13) -> onnx.ModelProto:
     """image (N, 3, size, size) -> [Conv -> Relu] x LAYERS -> GlobalAveragePool -> Flatten -> Gemm."""
-    rng = np.random.default_rng(seed)
-    inits, nodes, x, c_in = {}, [], "image", 3
-    for name, c_out, kernel, stride, dilation, pads, group, bias in LAYERS:
-        inits[f"{name}.weight"] = rng.normal(0, 0.5, (c_out, c_in // group, *kernel))
-        inputs = [x, f"{name}.weight"]
-        if bias:
-            inits[f"{name}.bias"] = rng.normal(0, 0.2, c_out)
-            inputs.append(f"{name}.bias")
-        nodes += [helper.make_node("Conv", inputs, [f"{name}.out"], kernel_shape=list(kernel), strides=[stride] * 2,
-                                   dilations=[dilation] * 2, pads=list(pads), group=group),
-                  helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"])]
-        x, c_in = f"{name}.relu", c_out
-    inits["fc.weight"], inits["fc.bias"] = rng.normal(0, 0.5, (CLASSES, c_in)), rng.normal(0, 0.1, CLASSES)
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
-              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1)]
-    graph = helper.make_graph(
-        nodes, "depthwise", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
+    return conv_relu_network(seed, LAYERS, size, channels=3, std=0.5)
 
 
 def test_block_size_is_a_vector_width():
