@@ -1,6 +1,6 @@
-"""Depthwise and grouped convolutions and depthwise gradients in the engine's blocked layout (onnx_dl.nchwc): the same
-the engine's own NCHW kernels, for channel counts on and off the block, biases, strides, dilations,
-uneven pads and 5 x 5 kernels, and the rewrite fires where it should."""
+"""Depthwise and grouped convolutions and depthwise gradients in the engine's blocked layout (onnx_dl.nchwc):
+the same loss and gradients as the engine's own NCHW kernels, for channel counts on and off the block,
+biases, strides, dilations, uneven pads and 5 x 5 kernels, and each rewrite fires where it should."""
 
 from __future__ import annotations
 
