@@ -3,7 +3,8 @@
 A :class:`TrainingSession` generates the training artifacts of a :class:`TrainingGraph` (its
 average pools first rewritten as convolutions: :mod:`onnx_dl.pool_gradients`) in a
 temporary folder, replaces slow kernels of the generated graph by equivalent faster ones
-(:mod:`onnx_dl.fast_gradients`), adds two kinds of outputs and loads it into an ``api.Module``:
+(:mod:`onnx_dl.fast_gradients`; on the CPU also :mod:`onnx_dl.nchwc`, the blocked layout for
+depthwise and grouped convolutions), adds two kinds of outputs and loads it into an ``api.Module``:
 
 - the batch mean and inverse standard deviation of every batch-norm layer, so the running
   statistics can be updated on the host after a step has succeeded (the engine's own update is
@@ -97,7 +98,8 @@ class TrainingSession:
                     )
                 training = onnx.load(os.path.join(folder, "training_model.onnx"))
                 shapes = g.tensor_shapes(tg.model)
-                self.rewrites = fast_gradients.rewrite(training, shapes, threads)
+                # CPU threads decide whether longer Sums pay as Add chains; on a GPU only two-term ones change
+                self.rewrites = fast_gradients.rewrite(training, shapes, threads if runtime == "cpu" else 1)
                 if runtime == "cpu":  # the blocked kernels are CPU-only
                     self.rewrites.update(nchwc.rewrite(training, shapes, chunk_size))
                 self.bn_outputs = _expose_outputs(training, tg)
