@@ -216,6 +216,31 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise DLModelFileError(f"shape inference failed: {exc}") from exc
 
 
+def _names_read(node: onnx.NodeProto) -> set[str]:
+    """The tensors ``node`` reads, those its subgraphs (If, Loop, Scan) read from outside included."""
+    names = {i for i in node.input if i}
+    for attribute in node.attribute:
+        for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+            for inner in sub.node:
+                names |= _names_read(inner)
+    return names
+
+
+def remove_unused_nodes(model: onnx.ModelProto) -> None:
+    """Drop the nodes (and then initializers) that no graph output depends on, in place."""
+    needed = {o.name for o in model.graph.output}
+    live = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed |= _names_read(node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(live))
+    unused = [i for i in model.graph.initializer if i.name not in needed]
+    for init in unused:
+        model.graph.initializer.remove(init)
+
+
 def declared_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes of the graph's inputs (a training graph's trained weights among them) and initializers."""
     shapes: dict[str, list[int | None]] = {i.name: list(i.dims) for i in model.graph.initializer}

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import batch_axis, foreign, freezing, summary, system, tasks
+from . import batch_axis, foreign, freezing, summary, system, tasks, training_graph
 from . import model_type as types
 from . import graph as g
 from . import params as P
@@ -196,17 +196,20 @@ class DLModel:
         return self.kind.inference_graph(self.network(), self._params)
 
     def trainer(self) -> Trainer:
-        """The engine state for training, (re)built when the graph, size, runtime or CUDA device changed;
+        """The engine state for training, (re)built when the graph, size, runtime or CUDA device changed,
+        or the weight prior changed between 0 and positive;
         refused while ``optimize_for_inference`` is True."""
         self.check_trainable()
         p = self._params
         key = (id(self._network), p["image_width"], p["image_height"], p["runtime"], self._device_id(),
-               system.generation(), p["freeze_backbone"], tuple(p["frozen_layers"]))
+               system.generation(), p["freeze_backbone"], tuple(p["frozen_layers"]), p["weight_prior"] > 0)
         if self._trainer is not None and self._trainer_key == key:
             return self._trainer
         network = self.network()  # current weights, before the old trainer goes
         frozen = freezing.frozen_weights(network, p, self.kind.head_weights)
         tg = self.kind.build_training_graph(freezing.training_form(network, frozen), p)
+        if p["weight_prior"] == 0:  # HALCON's default: no prior gradient to compute (rebuilt when it becomes > 0)
+            tg = training_graph.without_weight_prior(tg)
         inits = g.initializers(network)
         running = {name: onnx.numpy_helper.to_array(inits[name]) for bn in tg.batchnorms for name in (bn.mean, bn.var)}
         kind, steps, state = self.solver_state() or (p["solver_type"], 0, None)

@@ -2,7 +2,8 @@
 weight prior and the total loss as outputs.
 
 Every hyper-parameter the user may change between steps is a graph input (class weights, the
-weight prior, normalisers), so changing it never regenerates training artifacts.
+weight prior, normalisers), so changing it never regenerates training artifacts; the one exception
+is a weight prior of 0, whose graph leaves the prior's gradient out (:func:`without_weight_prior`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,26 @@ def _finish(model: onnx.ModelProto, b: GraphBuilder, parts: dict[str, str], trai
         elements[bn.node] = int(_product(dims[2:])) if dims and None not in dims else 0
     return TrainingGraph(model=model, inputs=[*inputs, WEIGHT_PRIOR_INPUT], losses=list(named),
                          trainable=trainable, batchnorms=stats, bn_elements=elements)
+
+
+def without_weight_prior(tg: TrainingGraph) -> TrainingGraph:
+    """``tg`` for a weight prior of 0: its loss part is ``weight_prior * 0`` (the input stays, so the feeds
+    do not change) and the sum of squares of the weights is gone, so the engine builds and runs no prior
+    gradient (about seven passes over every weight per step: resnet18's 11 M weights). With alpha = 0
+    both graphs give the same losses and gradients, bit for bit (they only add zeros)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(tg.model)
+    graph = model.graph
+    prior = next(n.input[0] for n in graph.node if n.op_type == "Identity" and n.output[0] == PRIOR)
+    b = GraphBuilder(graph, prefix="no_prior/")
+    zero = b.const(0.0, "zero")
+    nodes = [onnx.helper.make_node("Mul", [WEIGHT_PRIOR_INPUT, zero], [prior], name=b.fresh("prior_node"))
+             if prior in n.output else n for n in graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    g.remove_unused_nodes(model)
+    return TrainingGraph(model=model, inputs=list(tg.inputs), losses=list(tg.losses), trainable=list(tg.trainable),
+                         batchnorms=list(tg.batchnorms), bn_elements=dict(tg.bn_elements))
 
 
 def _product(values: list[int]) -> int:

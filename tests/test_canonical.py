@@ -184,3 +184,20 @@ def test_parameters_merged_by_the_dynamo_exporter_become_one_per_module() -> Non
     assert [list(n.input)[1] for n in model.graph.node] == ["a.scale", "a.scale", "b.scale", "c.scale"]
     for name in ("b.scale", "c.scale"):
         np.testing.assert_array_equal(numpy_helper.to_array(g.initializers(model)[name]), scale)
+
+
+def test_remove_unused_nodes_keeps_what_outputs_and_subgraphs_read():
+    """Dead nodes and their initializers go; a tensor read only inside an If's branch stays."""
+    branch = lambda name, source: helper.make_graph(  # noqa: E731
+        [helper.make_node("Identity", [source], [name])], name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Mul", ["x", "w"], ["used_inside"]),
+             helper.make_node("Mul", ["x", "dead_w"], ["dead"]), helper.make_node("Neg", ["dead"], ["dead2"]),
+             helper.make_node("Greater", ["x", "w"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("t", "used_inside"), else_branch=branch("e", "x"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones(1, np.float32), n) for n in ("w", "dead_w")])
+    model = helper.make_model(graph)
+    g.remove_unused_nodes(model)
+    assert [n.output[0] for n in model.graph.node] == ["used_inside", "cond", "y"]
+    assert [i.name for i in model.graph.initializer] == ["w"]

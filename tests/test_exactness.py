@@ -130,8 +130,9 @@ def test_all_weights_zero_gives_zero_loss_not_nan(tmp_path):
 
 
 def test_hyper_parameters_change_without_rebuild(tmp_path):
-    """learning_rate, momentum, solver, Adam settings, weight_prior and class_weights reuse the engine session."""
-    model = load(tmp_path, linear_network(), batch_size=4)
+    """learning_rate, momentum, solver, Adam settings, a positive weight_prior and class_weights reuse the
+    engine session."""
+    model = load(tmp_path, linear_network(), batch_size=4, weight_prior=0.01)
     samples = image_samples(4, [0, 1, 2, 0], seed=1)
     dl.train_dl_model_batch(model, samples)
     session = model._trainer.session
@@ -142,6 +143,33 @@ def test_hyper_parameters_change_without_rebuild(tmp_path):
         dl.set_dl_model_param(model, name, value)
         dl.train_dl_model_batch(model, samples)
         assert model._trainer.session is session, name
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_a_zero_weight_prior_leaves_its_gradient_out_with_the_same_bits(tmp_path, monkeypatch, solver):
+    """At weight_prior 0 the graph has no sum of squares; over steps at 0, then 0.05, then 0 again (each
+    crossing rebuilds the session, carrying weights and solver state) losses and weights equal bit for bit
+    those of a model that always has the prior in its graph."""
+    from onnx_dl import training_graph
+
+    batches = [image_samples(4, [0, 1, 2, 0], seed=s) for s in range(6)]
+    priors = [0.0, 0.0, 0.05, 0.05, 0.0, 0.0]
+    found = {}
+    for always in (False, True):
+        if always:
+            monkeypatch.setattr(training_graph, "without_weight_prior", lambda tg: tg)
+        model = load(tmp_path, linear_network(), batch_size=4, solver_type=solver)
+        losses, sessions = [], []
+        for prior, batch in zip(priors, batches):
+            dl.set_dl_model_param(model, "weight_prior", prior)
+            losses.append(dl.train_dl_model_batch(model, batch))
+            sessions.append(model._trainer.session)
+        squares = any(o.startswith("loss/sq") for n in model._trainer.graph.model.graph.node for o in n.output)
+        found[always] = (losses, weights(model), len({id(s) for s in sessions}), squares)
+    assert found[False][0] == found[True][0]
+    assert all(np.array_equal(found[False][1][k], v) for k, v in found[True][1].items())
+    assert found[False][2] == 3  # a session per crossing of 0
+    assert found[True][3] and not found[False][3]  # the last graph (prior 0): no sum of squares
 
 
 @pytest.mark.parametrize("solver", list(SOLVERS))  # every registered solver: its two forms agree

@@ -7,7 +7,7 @@ float32 operations in the same order, so they agree bit for bit for SGD and to o
 place for Adam, whose square root the engine does not round correctly (tests/test_exactness.py). Measured
 (2 threads, batch 8 at 128 x 128): the update session spent about 50 us per node, 32 ms per step for
 mobilenet_v2's 158 tensors and 18 ms for resnet18's 62, where the host update takes 2 ms and 17 ms
-single-threaded. Hyper-parameters may change at every step without rebuilding anything.
+single-threaded. The solver's hyper-parameters may change at every step without rebuilding anything.
 """
 
 from __future__ import annotations
