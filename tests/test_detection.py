@@ -245,6 +245,7 @@ def test_a_failed_step_leaves_the_average_as_it_was(monkeypatch):
 
 def test_loss_hyper_parameters_change_without_rebuild():
     model = tiny_model()
+    dl.set_dl_model_param(model, "weight_prior", 0.01)  # positive: changing it keeps the session (0 leaves it out)
     samples = tiny_samples(4, seed=4)
     dl.train_dl_model_batch(model, samples)
     session = model._trainer.session
