@@ -47,10 +47,6 @@ BAND_THRESHOLD_BYTES = 8 << 20  # split a weight gradient whose im2col buffer pe
 BAND_BYTES = 4 << 20  # ... into bands of output rows whose buffers are about this size (cache-sized)
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _relu_grad(b: GraphBuilder, node: onnx.NodeProto) -> list[onnx.NodeProto]:
     """dX = dY * Clip(Y * 2^127, 0, 1): the mask is 1 wherever Y >= 2^-126 and 0 where Y = 0."""
     d_y, y = node.input
@@ -76,7 +72,7 @@ def _sum_as_adds(b: GraphBuilder, node: onnx.NodeProto) -> list[onnx.NodeProto]:
 
 def _conv_attributes(node: onnx.NodeProto) -> tuple[list[int], list[int], list[int], int] | None:
     """(kernel, pads, strides, group) of a 2-D, undilated ConvGrad with explicit pads; else None."""
-    a = _attributes(node)
+    a = g.attributes(node)
     kernel = list(a.get("kernel_shape", []))
     if (len(kernel) != 2 or any(d != 1 for d in a.get("dilations", [1, 1]))
             or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):

@@ -216,6 +216,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise DLModelFileError(f"shape inference failed: {exc}") from exc
 
 
+def attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """``node``'s attributes by name, as Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def _names_read(node: onnx.NodeProto) -> set[str]:
     """The tensors ``node`` reads, those its subgraphs (If, Loop, Scan) read from outside included."""
     names = {i for i in node.input if i}

@@ -54,10 +54,6 @@ def block_size() -> int:
     return int(session.run(None, {"x": np.zeros((1, 4, 1, 1), np.float32)})[0].shape[1])
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _static_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int | None]]) -> dict[str, list[int | None]]:
     """``shapes`` plus the outputs of Reshapes to a constant, fully given shape (the turned kernels of
     the input-gradient convolutions)."""
@@ -69,6 +65,11 @@ def _static_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int | None]]) 
             if all(d > 0 for d in target):
                 known[node.output[0]] = target
     return known
+
+
+def _padded(channels: int, block: int) -> int:
+    """``channels`` rounded up to whole blocks (ReorderInput's padding)."""
+    return -(-channels // block) * block
 
 
 class Blocked(NamedTuple):
@@ -94,7 +95,7 @@ def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: in
     else None (dense convolutions stay: measured slower in blocks, see the module's docstring)."""
     if node.op_type != "Conv" or node.domain != "":
         return None
-    a = _attributes(node)
+    a = g.attributes(node)
     weight = shapes.get(node.input[1])
     group = int(a.get("group", 1))
     if (weight is None or len(weight) != 4 or None in weight or group < 2 or weight[0] % group
@@ -113,7 +114,7 @@ def _reordered_weight(b: GraphBuilder, weight: str, conv: Blocked, block: int) -
     (C, I, kh, kw) -> (C / B, I / B, kh, kw, B_in, B_out)."""
     nodes = []
     if conv.depthwise:
-        padded = -(-conv.channels // block) * block
+        padded = _padded(conv.channels, block)
         if padded != conv.channels:
             pad, padded_weight = b.const([0, 0, 0, 0, padded - conv.channels, 0, 0, 0], "nchwc_pads"), b.fresh("nchwc_weight_padded")
             nodes.append(helper.make_node("Pad", [weight, pad], [padded_weight], name=b.fresh("nchwc_weight_pad_node")))
@@ -134,8 +135,8 @@ def _reordered_weight(b: GraphBuilder, weight: str, conv: Blocked, block: int) -
 
 def _blocked_conv(b: GraphBuilder, node: onnx.NodeProto, conv: Blocked, block: int) -> list[onnx.NodeProto]:
     """``node`` as ReorderInput -> nchwc.Conv -> ReorderOutput, its weight (and bias) reordered in the graph."""
-    a = _attributes(node)
-    padded = -(-conv.channels // block) * block  # only a depthwise convolution's channels may be off the block
+    a = g.attributes(node)
+    padded = _padded(conv.channels, block)  # only a depthwise convolution's channels may be off the block
     blocked_x = b.fresh("nchwc_x")
     weight, nodes = _reordered_weight(b, node.input[1], conv, block)
     nodes.insert(0, helper.make_node("ReorderInput", [node.input[0]], [blocked_x], name=b.fresh("nchwc_in_node"),
@@ -175,7 +176,7 @@ def depthwise_grad(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) ->
     4, undilated, explicit pads) with static C, H, W; else None."""
     if node.op_type != "ConvGrad" or node.domain != _MS:
         return None
-    a = _attributes(node)
+    a = g.attributes(node)
     weight, x = shapes.get(node.input[2]), shapes.get(node.input[1])
     group = int(a.get("group", 1))
     if (weight is None or x is None or len(weight) != 4 or len(x) != 4 or None in weight or None in x[1:]
@@ -223,7 +224,7 @@ def _weight_gradient_nodes(b: GraphBuilder, node: onnx.NodeProto, grad: Depthwis
         *reorder_nodes,
         helper.make_node("Conv", [blocked_images, reordered], [blocked_taps], name=b.fresh("nchwc_dw_conv_node"),
                          domain=DOMAIN, kernel_shape=conv.kernel, pads=pads, dilations=grad.strides,
-                         group=-(-conv.channels // block) * block),
+                         group=_padded(conv.channels, block)),
         helper.make_node("ReorderOutput", [blocked_taps], [taps], name=b.fresh("nchwc_dw_out_node"), domain=DOMAIN,
                          channels=conv.channels),
         helper.make_node("Reshape", [taps, b.const([chunk, grad.channels, -1], "nchwc_dw_per_image_shape")], [per_image],
