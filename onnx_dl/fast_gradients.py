@@ -122,7 +122,12 @@ def transposed_flipped(b: GraphBuilder, weight: str, kernel: list[int], group: i
         nodes.append(helper.make_node("MatMul", [transposed, b.const(reversal, "tap_reversal")], [turned],
                                       name=b.fresh("conv_grad_turn_node")))
     flipped = b.fresh("conv_grad_weight_flipped")
-    target = [0, 0, *kernel] if group == 1 else [layout[0] * layout[2], layout[1], *kernel]
+    if group > 1:
+        target = [layout[0] * layout[2], layout[1], *kernel]
+    elif shape is not None and len(shape) == 4 and shape[0] is not None and shape[1] is not None:
+        target = [shape[1], shape[0], *kernel]  # spelled out: later rewrites read the turned kernel's shape
+    else:
+        target = [0, 0, *kernel]
     nodes.append(helper.make_node("Reshape", [turned, b.const(target, "kernel_shape")], [flipped],
                                   name=b.fresh("conv_grad_kernel_node")))
     return flipped, nodes
@@ -199,6 +204,8 @@ def _conv_grad(b: GraphBuilder, node: onnx.NodeProto, shapes: dict[str, list[int
     nodes = []
     if input_nodes is not None:
         nodes += input_nodes
+        if shape is not None:  # dX has X's shape; declared for later rewrites (nchwc sizes convolutions by it)
+            b.graph.value_info.append(helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, shape))
     elif wants_input:  # the engine's own dX, without dW and dB
         input_only = helper.make_node("ConvGrad", node.input, [node.output[0]], name=b.fresh("conv_grad_dx_node"),
                                       domain=_MS)

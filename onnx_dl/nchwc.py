@@ -4,7 +4,7 @@ ONNX Runtime's CPU Conv runs a depthwise convolution (one input channel per grou
 in NCHW as one small GEMM per group and image. Its blocked kernels (domain ``com.microsoft.nchwc``, channels in
 blocks of B = 8 or 16 as the CPU's vector width decides) compute them directly, but the engine's
 own layout transformer hands them only constant weights, which a trained weight never is. So every
-depthwise ``Conv``, and every grouped one whose groups hold whole blocks, of the training graph (the
+depthwise ``Conv``, every grouped one whose groups hold whole blocks and the dense ones where it pays (below) of the training graph (the
 forward ones and the input-gradient convolutions of :mod:`onnx_dl.fast_gradients`) becomes
 
     ReorderInput(X) -> nchwc.Conv(., W reordered, B padded) -> ReorderOutput(channels = C)
@@ -18,8 +18,11 @@ still reads the NCHW input and weight.
 Measured on a 2-vCPU AVX-512 machine, batch 8, 3 x 3, two threads, reorders included: 32 channels
 at 64 x 64 1.95 -> 0.82 ms, 96 at 64 x 64 stride 2 5.45 -> 1.14 ms, 384 at 8 x 8 1.02 -> 0.20 ms;
 groups of 16 channels (regnet_x_400mf): 64 channels at 32 x 32 1.53 -> 0.95 ms, 400 at 8 x 8
-1.16 -> 0.55 ms. Dense convolutions were measured too and are left alone (slower in NCHWc once their larger weights
-are reordered each step: 1 x 1 convolutions 1.4-3x slower).
+1.16 -> 0.55 ms. Dense k x k convolutions whose channels are whole blocks run in blocks too where
+their weight is small next to the image (``_dense_pays``; 16 -> 16 channels at 112 x 112
+4.1 -> 2.7 ms): the blocked kernel is 1.2-1.5x faster than im2col + GEMM at every size, but a
+512 x 512 x 3 x 3 weight's reorder costs more than that. 1 x 1 convolutions stay (a GEMM in NCHW,
+about 3x slower in blocks).
 
 Only for the CPU: the blocked kernels have no CUDA implementation.
 """
@@ -55,10 +58,14 @@ def block_size() -> int:
 
 
 def _static_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int | None]]) -> dict[str, list[int | None]]:
-    """``shapes`` plus the outputs of Reshapes to a constant, fully given shape (the turned kernels of
-    the input-gradient convolutions)."""
+    """``shapes`` plus the graph's declared value shapes (the input gradients of
+    :mod:`onnx_dl.fast_gradients`) and the outputs of Reshapes to a constant, fully given shape (the turned
+    kernels of the input-gradient convolutions)."""
     constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     known = dict(shapes)
+    for info in graph.value_info:
+        dims = info.type.tensor_type.shape.dim
+        known.setdefault(info.name, [d.dim_value if d.HasField("dim_value") else None for d in dims])
     for node in graph.node:
         if node.op_type == "Reshape" and node.domain == "" and node.input[1] in constants:
             target = constants[node.input[1]].reshape(-1).tolist()
@@ -86,25 +93,43 @@ class Blocked(NamedTuple):
         return self.group == self.channels
 
 
-def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: int) -> Blocked | None:
+def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: int,
+            chunk: int | None = None) -> Blocked | None:
     """How ``node`` runs in blocks, when it is a 2-D Conv with explicit pads and a known weight shape that is
 
-    - depthwise: weight (C, 1, kh, kw), group C a multiple of 4 (ReorderInput's condition), or
-    - grouped with whole blocks: group G > 1, input and output channels per group multiples of ``block``;
+    - depthwise: weight (C, 1, kh, kw), group C a multiple of 4 (ReorderInput's condition),
+    - grouped with whole blocks: group G > 1, input and output channels per group multiples of ``block``, or
+    - dense with whole blocks and a kernel larger than 1 x 1 whose reorder pays: the weight (C x I x kh x kw)
+      no larger than ``chunk`` images of the output's spatial size times I (see ``_dense_pays``);
 
-    else None (dense convolutions stay: measured slower in blocks, see the module's docstring)."""
+    else None."""
     if node.op_type != "Conv" or node.domain != "":
         return None
     a = g.attributes(node)
     weight = shapes.get(node.input[1])
     group = int(a.get("group", 1))
-    if (weight is None or len(weight) != 4 or None in weight or group < 2 or weight[0] % group
+    if (weight is None or len(weight) != 4 or None in weight or weight[0] % group
             or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
         return None
     channels, per_group, kernel = int(weight[0]), int(weight[1]), [int(weight[2]), int(weight[3])]
-    depthwise = group == channels and per_group == 1 and group % 4 == 0
     whole_blocks = (channels // group) % block == 0 and per_group % block == 0
+    if group == 1:
+        dense = whole_blocks and kernel != [1, 1] and _dense_pays(channels, kernel, shapes.get(node.output[0]), chunk)
+        return Blocked(channels, per_group, 1, kernel) if dense else None
+    depthwise = group == channels and per_group == 1 and group % 4 == 0
     return Blocked(channels, per_group, group, kernel) if depthwise or whole_blocks else None
+
+
+def _dense_pays(channels: int, kernel: list[int], output: list[int | None] | None, chunk: int | None) -> bool:
+    """Whether a dense convolution is faster in blocks, its weight reordered at every step included:
+    ``chunk`` x Ho x Wo >= C x kh x kw, i.e. the weight is no larger than the chunk's output positions
+    times the input channels. Measured (batch 8, 3 x 3, two threads, reorders included): 16 -> 16
+    channels at 112 x 112 4.1 -> 2.7 ms, 64 -> 64 at 32 x 32 3.0 -> 2.5, 128 -> 128 at 16 x 16
+    2.9 -> 2.5; past it 256 -> 256 at 8 x 8 3.0 -> 4.5 and 512 -> 512 at 4 x 4 3.1 -> 13 ms (the reorder
+    of the larger weight dominates)."""
+    if chunk is None or output is None or len(output) != 4 or output[2] is None or output[3] is None:
+        return False
+    return chunk * output[2] * output[3] >= channels * kernel[0] * kernel[1]
 
 
 def _reordered_weight(b: GraphBuilder, weight: str, conv: Blocked, block: int) -> tuple[str, list[onnx.NodeProto]]:
@@ -121,8 +146,19 @@ def _reordered_weight(b: GraphBuilder, weight: str, conv: Blocked, block: int) -
             weight = padded_weight
         split, perm, target = [padded // block, block, conv.kernel[0] * conv.kernel[1]], [0, 2, 1], [padded, 1, *conv.kernel]
     else:
-        split = [conv.channels // block, block, conv.inputs // block, block, *conv.kernel]
-        perm, target = [0, 2, 4, 5, 3, 1], [conv.channels, conv.inputs, *conv.kernel]
+        # (C, I x taps) -> (I x taps, C) is a plain 2-D transpose (the engine's vectorised one), then whole
+        # output blocks move: (I / B, B_in, taps, C / B, B_out) -> (C / B, I / B, taps, B_in, B_out); the
+        # one 6-D transpose this replaces ran 2-3 times slower (512 x 512 x 3 x 3: 11.6 -> 5.1 ms)
+        taps = conv.kernel[0] * conv.kernel[1]
+        rows, columns = b.fresh("nchwc_weight_rows"), b.fresh("nchwc_weight_columns")
+        nodes += [
+            helper.make_node("Reshape", [weight, b.const([conv.channels, conv.inputs * taps], "nchwc_rows_shape")], [rows],
+                             name=b.fresh("nchwc_rows_node")),
+            helper.make_node("Transpose", [rows], [columns], name=b.fresh("nchwc_columns_node"), perm=[1, 0]),
+        ]
+        weight = columns
+        split = [conv.inputs // block, block, taps, conv.channels // block, block]
+        perm, target = [3, 0, 2, 1, 4], [conv.channels, conv.inputs, *conv.kernel]
     blocks, turned, reordered = b.fresh("nchwc_weight_blocks"), b.fresh("nchwc_weight_turned"), b.fresh("nchwc_weight")
     nodes += [
         helper.make_node("Reshape", [weight, b.const(split, "nchwc_blocks_shape")], [blocks], name=b.fresh("nchwc_blocks_node")),
@@ -324,7 +360,7 @@ def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]], chun
     nodes: list[onnx.NodeProto] = []
     counts = {"nchwc.Conv": 0, "nchwc.dX": 0, "nchwc.dW": 0}
     for node in training.graph.node:
-        if (conv := blocked(node, known, block)) is not None:
+        if (conv := blocked(node, known, block, chunk)) is not None:
             nodes += _blocked_conv(b, node, conv, block)
             counts["nchwc.Conv"] += 1
         elif (grads := _conv_grad(b, node, known, chunk, block, counts)) is not None:

@@ -27,7 +27,18 @@ LAYERS = [
     ("grouped16s", 32, (3, 3), 2, (1, 1, 1, 1), 2, 1, False),  # ... strided
     ("grouped8", 32, (3, 3), 1, (1, 1, 1, 1), 4, 1, False),  # 8 per group: whole blocks only where B = 8
     ("grouped_wide", 64, (3, 3), 1, (1, 1, 1, 1), 2, 1, False),  # 16 in, 32 out per group
-    ("dense", 16, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # dense: left alone
+    ("dense", 16, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # dense, its weight too large for 4 x 4 outputs: left alone
+]
+
+# dense convolutions: blocked where the chunk's output positions outnumber C x kh x kw (16 x 16 images, chunk 3)
+DENSE_LAYERS = [
+    ("widen", 16, (1, 1), 1, (0, 0, 0, 0), 1, 1, False),  # 1 x 1: left alone
+    ("dense", 16, (3, 3), 1, (1, 1, 1, 1), 1, 1, True),  # 3 x 256 >= 16 x 9: forward and input gradient
+    ("dense_s2", 16, (3, 3), 2, (1, 0, 1, 0), 1, 1, False),  # strided, uneven pads (8 x 7 out): forward only
+    ("dense_5", 16, (5, 5), 1, (2, 2, 2, 2), 1, 1, True),  # 3 x 56 < 16 x 25: left alone
+    ("dense_dil", 16, (3, 3), 1, (2, 2, 2, 2), 1, 2, False),  # dilated: forward only
+    ("dense_wide", 32, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # forward 3 x 56 < 32 x 9: left alone; its input
+    # gradient (16 channels out of 32) 3 x 56 >= 16 x 9: blocked
 ]
 
 
@@ -68,11 +79,40 @@ def test_depthwise_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_
         np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
 
 
+@pytest.mark.parametrize(("seed", "images"), [(0, 3), (1, 2)])
+def test_dense_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_path, monkeypatch, seed, images):
+    """Dense forward and turned input-gradient convolutions in blocks (where their weights are small next to
+    the chunk's outputs): the loss and every gradient of the engine's NCHW kernels."""
+    network = conv_relu_network(seed, DENSE_LAYERS, 16, channels=3, std=0.4)
+    rng = np.random.default_rng(20 + seed)
+    samples = [{"image": rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(images)]
+    found = {}
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes, chunk=None: {})
+        model = load(tmp_path, network, batch_size=3, image_dimensions=[16, 16, 3], weight_prior=0.0)
+        found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    # forward: dense, dense_s2, dense_dil; input gradients (stride 1, undilated, turned by fast_gradients): dense,
+    # dense_wide
+    assert found[True][2]["nchwc.Conv"] == 5
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
+    for name, value in found[False][1].items():
+        np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
+
+
 def test_which_convolutions_run_in_blocks():
     shapes = {"w": [8, 2, 3, 3], "d": [8, 1, 3, 3], "g": [64, 16, 3, 3], "s": [6, 1, 3, 3], "m": [16, 1, 3, 3]}
     conv = lambda weight, **a: helper.make_node("Conv", ["x", weight], ["y"], kernel_shape=[3, 3], **a)  # noqa: E731
     assert nchwc.blocked(conv("w", group=4), shapes, 8) is None  # 2 channels per group: not whole blocks
-    assert nchwc.blocked(conv("w"), shapes, 8) is None  # dense
+    assert nchwc.blocked(conv("w"), shapes, 8) is None  # dense, 2 input channels: not whole blocks
+    dense = {"k": [32, 16, 3, 3], "y": [None, 32, 6, 6], "p": [32, 16, 1, 1]}
+    assert nchwc.blocked(conv("k"), dense, 16, chunk=8) == (32, 16, 1, [3, 3])  # 8 x 36 >= 32 x 9
+    assert nchwc.blocked(conv("k"), dense, 16, chunk=7) is None  # 7 x 36 < 288: the weight's reorder would not pay
+    assert nchwc.blocked(conv("k"), dense, 16) is None  # chunk unknown
+    assert nchwc.blocked(conv("k"), {"k": dense["k"]}, 16, chunk=8) is None  # output size unknown
+    assert nchwc.blocked(conv("k"), dense, 32, chunk=8) is None  # 16 inputs: not a whole block of 32
+    assert nchwc.blocked(helper.make_node("Conv", ["x", "p"], ["y"], kernel_shape=[1, 1]), dense, 16, chunk=64) is None
     assert nchwc.blocked(conv("d", group=8, auto_pad="SAME_UPPER"), shapes, 8) is None
     assert nchwc.blocked(conv("d", group=8, pads=[1, 1, 1, 1]), shapes, 16) == (8, 1, 8, [3, 3])
     assert nchwc.blocked(conv("d", group=8), {}, 8) is None  # the weight's shape unknown
