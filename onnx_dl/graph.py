@@ -231,16 +231,21 @@ def _names_read(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def upstream(model: onnx.ModelProto, tensors: set[str] | list[str]) -> set[str]:
+    """``tensors`` and every name they are computed from (nodes' inputs, subgraphs' outer names included)."""
+    needed = set(tensors)
+    for node in reversed(model.graph.node):  # topological order: one pass back
+        if any(o in needed for o in node.output):
+            needed |= _names_read(node)
+    return needed
+
+
 def remove_unused_nodes(model: onnx.ModelProto) -> None:
     """Drop the nodes (and then initializers) that no graph output depends on, in place."""
-    needed = {o.name for o in model.graph.output}
-    live = []
-    for node in reversed(model.graph.node):
-        if any(o in needed for o in node.output):
-            live.append(node)
-            needed |= _names_read(node)
+    needed = upstream(model, [o.name for o in model.graph.output])
+    live = [node for node in model.graph.node if any(o in needed for o in node.output)]
     del model.graph.node[:]
-    model.graph.node.extend(reversed(live))
+    model.graph.node.extend(live)
     unused = [i for i in model.graph.initializer if i.name not in needed]
     for init in unused:
         model.graph.initializer.remove(init)

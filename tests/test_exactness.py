@@ -216,3 +216,29 @@ def test_host_update_equals_the_update_graph_bit_for_bit(solver, threads):
             else:  # a step off in its last place moves the weight's rounding by at most one unit
                 np.testing.assert_allclose(host_weights[i], weights_[i], rtol=2.4e-7, atol=1e-8)
                 weights_[i] = host_weights[i].copy()
+
+
+@pytest.mark.parametrize("prior", [0.1, 0.0])
+def test_a_weight_no_loss_reads_is_left_alone(tmp_path, prior):
+    """An auxiliary head whose output no loss reads (as exported auxiliary classifiers are): not trained and
+    not in the prior (PyTorch leaves a parameter without gradient alone, weight decay included); the
+    classifier's update and the losses are the reference's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    network = linear_network()
+    aux = np.random.default_rng(5).normal(0, 0.3, (network.graph.initializer[0].dims[1], 3)).astype(np.float32)
+    network.graph.initializer.append(numpy_helper.from_array(aux, "aux.weight"))
+    network.graph.node.append(helper.make_node("MatMul", ["flat", "aux.weight"], ["aux_out"]))
+    network.graph.output.append(helper.make_tensor_value_info("aux_out", TensorProto.FLOAT, ["N", 3]))
+    model = load(tmp_path, network, batch_size=4, weight_prior=prior, momentum=0.0, learning_rate=0.5)
+    samples = image_samples(4, [0, 1, 2, 0], seed=9)
+    W, b = _state(model)
+    x, y = _xy(samples)
+    expected, dW, db = linear_gradients(W, b, x, y, np.ones(3), prior)
+    result = dl.train_dl_model_batch(model, samples)
+    np.testing.assert_array_equal(weights(model)["aux.weight"], aux)
+    W1, b1 = _state(model)
+    np.testing.assert_allclose((W - W1) / 0.5, dW, rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose((b - b1) / 0.5, db, rtol=RTOL, atol=1e-6)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=RTOL)

@@ -2,7 +2,8 @@
 
 A :class:`TrainingSession` generates the training artifacts of a :class:`TrainingGraph` (its
 average pools first rewritten as convolutions: :mod:`onnx_dl.pool_gradients`) in a
-temporary folder, replaces slow kernels of the generated graph by equivalent faster ones
+temporary folder, adds the weight prior's gradient to it (:func:`onnx_dl.training_graph.add_prior_gradients`),
+replaces slow kernels of the generated graph by equivalent faster ones
 (:mod:`onnx_dl.fast_gradients`; on the CPU also :mod:`onnx_dl.nchwc`, the blocked layout for
 depthwise and grouped convolutions), adds two kinds of outputs and loads it into an ``api.Module``:
 
@@ -29,7 +30,7 @@ from .. import fast_gradients, nchwc, pool_gradients
 from .. import graph as g
 from ..errors import DLRuntimeError
 from ..onnx_builder import GraphBuilder
-from ..training_graph import TrainingGraph
+from ..training_graph import TrainingGraph, add_prior_gradients
 from .runtime import COUNTERS, ort, require_device, session_options
 from .runtime import training as training_api
 
@@ -97,6 +98,7 @@ class TrainingSession:
                         artifact_directory=folder,
                     )
                 training = onnx.load(os.path.join(folder, "training_model.onnx"))
+                add_prior_gradients(training, tg)
                 shapes = g.tensor_shapes(tg.model)
                 # CPU threads decide whether longer Sums pay as Add chains; on a GPU only two-term ones change
                 self.rewrites = fast_gradients.rewrite(training, shapes, threads if runtime == "cpu" else 1)
