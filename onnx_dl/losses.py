@@ -1,7 +1,8 @@
 """Loss blocks: each appends the nodes of one formula to a graph and returns the loss tensor.
 
-Only operators with gradient builders in ONNX Runtime 1.19 are used (no Softplus, Sum or
-ReduceSumSquare). Every loss returns a float32 scalar (shape []).
+Losses the engine differentiates use only operators with gradient builders in ONNX Runtime 1.19
+(no Softplus, Sum or ReduceSumSquare); the weight prior is not differentiated by the engine
+(:func:`onnx_dl.training_graph.add_prior_gradients`). Every loss returns a float32 scalar (shape []).
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ def cross_entropy(b: GraphBuilder, logits: str, labels: str, class_weights: str,
 
 
 def sum_of_squares(b: GraphBuilder, tensors: list[str]) -> str:
-    """sum_k sum(t_k^2) over ``tensors``, one ReduceSum per tensor then a chain of Adds."""
+    """sum_k sum(t_k^2) over ``tensors``, one ReduceSumSquare per tensor (no gradient) then a chain of Adds."""
     total = b.const(0.0, "zero")
     for name in tensors:
-        square = b.op("Mul", [name, name], "sq")
-        total = b.op("Add", [total, b.op("ReduceSum", [square], "sq_sum", keepdims=0)], "sq_total")
+        total = b.op("Add", [total, b.op("ReduceSumSquare", [name], "sq_sum", keepdims=0)], "sq_total")
     return total
 
 

@@ -127,8 +127,8 @@ class Trainer:
             values = ", ".join(f"{name}={float(outputs[name])}" for name in bad)
             raise DLNonFiniteError(f"{where}: the loss went non-finite ({values}); no update was applied")
         if not np.isfinite(outputs[GRADIENT_CHECK]):
-            raise DLNonFiniteError(f"{where}: a gradient went non-finite although the loss is finite; "
-                                   f"no update was applied")
+            raise DLNonFiniteError(f"{where}: a gradient went non-finite (or the sum of the gradients past float32's "
+                                   f"3.4e38) although the loss is finite; no update was applied")
 
     def _update_running_stats(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], chunk_size: int,
                               momentum: float | str = "auto") -> None:

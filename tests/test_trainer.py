@@ -32,7 +32,7 @@ class FakeSession:
     def run(self, feeds: list[np.ndarray]) -> dict[str, Any]:
         loss, gradient, mean, inv_std, _prior = feeds
         self.grad += gradient
-        return {"loss_total": np.float32(loss[0]), GRADIENT_CHECK: np.float32(np.sum(gradient * 0)),
+        return {"loss_total": np.float32(loss[0]), GRADIENT_CHECK: np.float32(np.sum(gradient)),
                 "batch_mean": mean, "batch_inv_std": inv_std}
 
     def reset_grad(self) -> None:
@@ -87,7 +87,7 @@ def test_losses_add_over_chunks_and_one_update_uses_the_summed_gradient() -> Non
 
 @pytest.mark.parametrize("bad, message", [
     (_chunk(float("nan"), [1.0, 1.0]), "chunk 2 of 2: the loss went non-finite"),
-    (_chunk(1.0, [float("inf"), 1.0]), "chunk 2 of 2: a gradient went non-finite although the loss is finite"),
+    (_chunk(1.0, [float("inf"), 1.0]), "chunk 2 of 2: a gradient went non-finite .* although the loss is finite"),
 ])
 def test_a_non_finite_chunk_changes_nothing(bad: list[np.ndarray], message: str) -> None:
     trainer = _trainer()

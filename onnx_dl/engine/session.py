@@ -10,7 +10,8 @@ depthwise and grouped convolutions), adds two kinds of outputs and loads it into
 - the batch mean and inverse standard deviation of every batch-norm layer, so the running
   statistics can be updated on the host after a step has succeeded (the engine's own update is
   biased, has a baked momentum and would happen before we know the step is finite);
-- ``gradient_check``: sum(g * 0) over every gradient, finite exactly when all gradients are.
+- ``gradient_check``: sum(g) over every gradient, finite exactly when all gradients are (or when the
+  sum passes float32's largest value, 3.4e38: a step no one wants either).
 
 Gradients accumulate in the engine's buffers over the chunks of a step until :meth:`reset_grad`.
 """
@@ -52,16 +53,11 @@ def _expose_outputs(training: onnx.ModelProto, tg: TrainingGraph) -> dict[str, t
             bn_outputs[by_input[node.input[0]]] = (mean, inv_std)
             b.output(mean, [None])
             b.output(inv_std, [None])
-    zero = b.const(0.0, "zero")
-    flat = b.const(np.array([-1], np.int64), "flat_shape")
-    check = zero
+    check = b.const(0.0, "zero")
     for node in training.graph.node:
         if node.op_type == "InPlaceAccumulatorV2":
-            # flattened: a broadcast scalar product over an (O, I, 1, 1) gradient runs element by element
-            # (0.9 ms for 400 x 400 x 1 x 1: regnet_x_400mf lost 21 ms per step)
-            gradient = b.op("Reshape", [node.input[1], flat], "g_flat")
-            probe = b.op("ReduceSum", [b.op("Mul", [gradient, zero], "g0")], "g0_sum", keepdims=0)
-            check = b.op("Add", [check, probe], "g0_total")
+            # one read of each gradient (sum(g * 0) wrote a product first: resnet18 11.6 -> 3.5 ms per step)
+            check = b.op("Add", [check, b.op("ReduceSum", [node.input[1]], "g_sum", keepdims=0)], "g_total")
     training.graph.node.append(helper.make_node("Identity", [check], [GRADIENT_CHECK], name="gradient_check_identity"))
     b.output(GRADIENT_CHECK, [], TensorProto.FLOAT)
     return bn_outputs
