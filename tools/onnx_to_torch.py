@@ -8,7 +8,7 @@ PyTorch's momentum ``1 - m`` for ONNX's ``m``), so a training step computes what
 
 Supported: the operators of the bundled networks (Conv, BatchNormalization, Relu, Mul, Add,
 GlobalAveragePool, Flatten, Gemm, MaxPool and the shape operators Shape, Slice, Concat,
-Unsqueeze, Expand, Reshape, Constant), of onnx_dl's losses (SoftmaxCrossEntropyLoss, ReduceSum,
+Unsqueeze, Expand, Reshape, Constant), of onnx_dl's losses (SoftmaxCrossEntropyLoss, ReduceSum, ReduceSumSquare,
 Div, Identity) and common elementwise operators (see ``_OPS``). The nearest-2x upsampling pattern
 ``Reshape(Expand(Unsqueeze(x, [3, 5]), [1, 1, 1, 2, 1, 2]), ...)`` becomes
 ``F.interpolate(x, scale_factor=2, mode="nearest")`` (what a PyTorch user writes) unless
@@ -140,7 +140,8 @@ def _upsample(x: torch.Tensor) -> torch.Tensor:
 _OPS: dict[str, Callable[..., torch.Tensor]] = {
     "Conv": _conv, "MaxPool": _max_pool, "Gemm": _gemm, "Flatten": _flatten, "Slice": _slice,
     "Unsqueeze": _unsqueeze, "Expand": _expand, "Reshape": _reshape, "GlobalAveragePool": _global_average_pool,
-    UPSAMPLE: _upsample, "ReduceSum": _reduce_sum, "SoftmaxCrossEntropyLoss": _softmax_cross_entropy,
+    UPSAMPLE: _upsample, "ReduceSum": _reduce_sum, "ReduceSumSquare": lambda x, *a, **k: _reduce_sum(x * x, *a, **k),
+    "SoftmaxCrossEntropyLoss": _softmax_cross_entropy,
     "Relu": lambda x: F.relu(x), "Sigmoid": torch.sigmoid, "Identity": lambda x: x, "Log": torch.log,
     "Exp": torch.exp, "Abs": torch.abs, "Neg": torch.neg, "Sqrt": torch.sqrt, "Where": torch.where,
     "Pow": torch.pow, "Min": lambda *xs: _fold(torch.minimum, xs), "Max": lambda *xs: _fold(torch.maximum, xs),
