@@ -29,7 +29,7 @@ from . import batch_axis, ctc, foreign, losses, rewrites
 from . import graph as g
 from . import score_head
 from .errors import DLRuntimeError
-from .onnx_builder import GraphBuilder
+from .onnx_builder import GraphBuilder, default_opset
 
 TOTAL = "total_loss"
 PRIOR = "loss_weight_prior"
@@ -179,7 +179,8 @@ def segmentation(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num
     inputs = [("labels", ["N", height, width], TensorProto.INT64),
               ("pixel_weights", ["N", height, width], TensorProto.FLOAT), ("ce_normalizer", [], TensorProto.FLOAT)]
     return _one_loss(forward, image_dims, inputs, trainable, "loss_cross_entropy",
-                     lambda b: losses.pixel_cross_entropy(b, logits, "labels", "pixel_weights", "ce_normalizer"))
+                     lambda b: losses.pixel_cross_entropy(b, logits, "labels", "pixel_weights", "ce_normalizer",
+                                                          default_opset(forward)))
 
 
 def multi_label_classification(forward: onnx.ModelProto, image_dims: tuple[int, int, int], num_classes: int,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 import onnx_dl as dl
-from conftest import (CHANNELS, SIZE, assert_unchanged, load_segmentation, segmentation_samples, snapshot,
-                      weights)
+from conftest import (CHANNELS, SIZE, assert_unchanged, conv_segmentation_network, load_segmentation,
+                      segmentation_samples, snapshot, weights)
 from onnx_dl.segmentation import calculate_class_weights, gen_weight_images
 from reference import sgd, softmax
 
@@ -57,6 +58,32 @@ def test_loss_and_sgd_trajectory_match_reference(tmp_path, use_weight_images):
         got = weights(model)
         np.testing.assert_allclose(got["head.weight"][:, :, 0, 0], W, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(got["head.bias"], b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 21])
+def test_loss_and_gradient_stay_exact_for_logits_far_beyond_exp_range(tmp_path, opset):
+    """Logits hundreds apart (exp overflows float32 past 88): the loss, spelled out as logsumexp minus the
+    label's logit, and its gradient still match the float64 reference, at opsets before and after
+    ReduceLogSumExp took its axes as an input (18)."""
+    network = conv_segmentation_network()
+    network.opset_import[0].version = opset
+    onnx.save(network, tmp_path / "seg.onnx")
+    model = dl.read_dl_model(tmp_path / "seg.onnx", type="segmentation")
+    for name, value in {"image_dimensions": [SIZE, SIZE, CHANNELS], "batch_size": 2, "class_ids": [0, 1, 2],
+                        "learning_rate": 0.01, "momentum": 0.0}.items():
+        dl.set_dl_model_param(model, name, value)
+    samples = segmentation_samples(2, [0, 1, 2], seed=5)
+    for s in samples:
+        s["image"] = s["image"] * np.float32(400.0)
+    expected, dW, db, W, b = _reference(model, samples, {0: 1.0, 1: 1.0, 2: 1.0}, [], 0.0)
+    z = np.concatenate([s["image"].reshape(-1, CHANNELS) for s in samples]) @ W.T + b
+    assert np.ptp(z, axis=1).max() > 200
+    result = dl.train_dl_model_batch(model, samples)
+    assert np.isfinite(result["loss_cross_entropy"])
+    assert result["loss_cross_entropy"] == pytest.approx(expected["loss_cross_entropy"], rel=1e-5)
+    got = weights(model)
+    np.testing.assert_allclose(got["head.weight"][:, :, 0, 0], W - 0.01 * dW, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["head.bias"], b - 0.01 * db, rtol=1e-5, atol=1e-6)
 
 
 def test_all_ignored_step_gives_zero_loss_and_no_update(tmp_path):

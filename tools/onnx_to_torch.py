@@ -8,8 +8,8 @@ PyTorch's momentum ``1 - m`` for ONNX's ``m``), so a training step computes what
 
 Supported: the operators of the bundled networks (Conv, BatchNormalization, Relu, Mul, Add,
 GlobalAveragePool, Flatten, Gemm, MaxPool and the shape operators Shape, Slice, Concat,
-Unsqueeze, Expand, Reshape, Constant), of onnx_dl's losses (SoftmaxCrossEntropyLoss, ReduceSum, ReduceSumSquare,
-Div, Identity) and common elementwise operators (see ``_OPS``). The nearest-2x upsampling pattern
+Unsqueeze, Expand, Reshape, Constant), of onnx_dl's losses (SoftmaxCrossEntropyLoss, ReduceSum,
+ReduceSumSquare, ReduceLogSumExp, GatherElements, Div, Identity) and common elementwise operators (see ``_OPS``). The nearest-2x upsampling pattern
 ``Reshape(Expand(Unsqueeze(x, [3, 5]), [1, 1, 1, 2, 1, 2]), ...)`` becomes
 ``F.interpolate(x, scale_factor=2, mode="nearest")`` (what a PyTorch user writes) unless
 ``fuse_upsampling=False``, which runs the ONNX operators one by one.
@@ -117,6 +117,11 @@ def _reduce_sum(x: torch.Tensor, axes: torch.Tensor | None = None, keepdims: int
     return x.sum(dim=tuple(axes.tolist()), keepdim=bool(keepdims))
 
 
+def _reduce_log_sum_exp(x: torch.Tensor, axes: Any = None, keepdims: int = 1) -> torch.Tensor:
+    dims = tuple(range(x.dim())) if axes is None else tuple(int(a) for a in (axes.tolist() if hasattr(axes, "tolist") else axes))
+    return torch.logsumexp(x, dim=dims, keepdim=bool(keepdims))
+
+
 def _softmax_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
                            reduction: str = "mean", ignore_index: int = -100) -> torch.Tensor:
     return F.cross_entropy(scores, labels, weight=weights, reduction=reduction, ignore_index=ignore_index)
@@ -141,6 +146,7 @@ _OPS: dict[str, Callable[..., torch.Tensor]] = {
     "Conv": _conv, "MaxPool": _max_pool, "Gemm": _gemm, "Flatten": _flatten, "Slice": _slice,
     "Unsqueeze": _unsqueeze, "Expand": _expand, "Reshape": _reshape, "GlobalAveragePool": _global_average_pool,
     UPSAMPLE: _upsample, "ReduceSum": _reduce_sum, "ReduceSumSquare": lambda x, *a, **k: _reduce_sum(x * x, *a, **k),
+    "ReduceLogSumExp": _reduce_log_sum_exp, "GatherElements": lambda x, index, axis=0: torch.gather(x, axis, index),
     "SoftmaxCrossEntropyLoss": _softmax_cross_entropy,
     "Relu": lambda x: F.relu(x), "Sigmoid": torch.sigmoid, "Identity": lambda x: x, "Log": torch.log,
     "Exp": torch.exp, "Abs": torch.abs, "Neg": torch.neg, "Sqrt": torch.sqrt, "Where": torch.where,
