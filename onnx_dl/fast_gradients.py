@@ -22,7 +22,7 @@ Measured on ONNX Runtime 1.19.2 (CPU) inside the training step of the bundled ne
   eight times faster. Only the forward computation changes: the gradient graph already built for
   the Expand stays valid.
 - ``Sum`` (the engine adds up the gradients of a tensor with several consumers with it, e.g. a
-  weight's from its convolution and the two of the weight prior's square) runs single-threaded; on
+  residual block's input, or a weight shared by a detector's heads on every level) runs single-threaded; on
   two or more threads it becomes a chain of ``Add`` (multi-threaded), which adds in the same order,
   bit for bit (resnet18, 2 threads: 285 -> 275 ms per step). On one thread only two-term Sums change
   (as fast as one Add); longer chains would read the partial sums again.
