@@ -100,7 +100,7 @@ def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: in
     - depthwise: weight (C, 1, kh, kw), group C a multiple of 4 (ReorderInput's condition),
     - grouped with whole blocks: group G > 1, input and output channels per group multiples of ``block``, or
     - dense with whole blocks and a kernel larger than 1 x 1 whose reorder pays: the weight (C x I x kh x kw)
-      no larger than ``chunk`` images of the output's spatial size times I (see ``_dense_pays``);
+      no larger than four times ``chunk`` images of the output's spatial size times I (see ``_dense_pays``);
 
     else None."""
     if node.op_type != "Conv" or node.domain != "":
@@ -122,14 +122,17 @@ def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: in
 
 def _dense_pays(channels: int, kernel: list[int], output: list[int | None] | None, chunk: int | None) -> bool:
     """Whether a dense convolution is faster in blocks, its weight reordered at every step included:
-    ``chunk`` x Ho x Wo >= C x kh x kw, i.e. the weight is no larger than the chunk's output positions
-    times the input channels. Measured (batch 8, 3 x 3, two threads, reorders included): 16 -> 16
-    channels at 112 x 112 4.1 -> 2.7 ms, 64 -> 64 at 32 x 32 3.0 -> 2.5, 128 -> 128 at 16 x 16
-    2.9 -> 2.5; past it 256 -> 256 at 8 x 8 3.0 -> 4.5 and 512 -> 512 at 4 x 4 3.1 -> 13 ms (the reorder
-    of the larger weight dominates)."""
+    4 x ``chunk`` x Ho x Wo >= C x kh x kw, i.e. the weight is no larger than four times the chunk's output
+    positions times the input channels. Measured (3 x 3, reorders included, ms at two / one thread;
+    r = chunk x Ho x Wo / (C x 9)): 16 -> 16 channels at 112 x 112, batch 8 (r 697) 4.1 -> 2.7 / -;
+    64 at 8 x 8, batch 8 (r 0.89) 0.25 -> 0.15 / 0.44 -> 0.24; 128 at 16 x 16, batch 4 (r 0.89)
+    1.43 -> 1.09 / 2.51 -> 2.01; 128 at 8 x 8, batch 8 (r 0.44) 1.04 -> 0.65 / 1.33 -> 0.97; 64 at 8 x 8,
+    batch 4 (r 0.44) 0.14 -> 0.11 / 0.22 -> 0.13; past it 256 at 8 x 8, batch 8 (r 0.22) 2.90 -> 2.78 /
+    4.40 -> 4.40, batch 4 (r 0.11) 1.47 -> 1.82 / 2.20 -> 2.62 and 512 at 4 x 4, batch 8 (r 0.03)
+    3.0 -> 6.8 / 5.2 -> 10.4 (the reorder of the larger weight dominates)."""
     if chunk is None or output is None or len(output) != 4 or output[2] is None or output[3] is None:
         return False
-    return chunk * output[2] * output[3] >= channels * kernel[0] * kernel[1]
+    return 4 * chunk * output[2] * output[3] >= channels * kernel[0] * kernel[1]
 
 
 def _reordered_weight(b: GraphBuilder, weight: str, conv: Blocked, block: int) -> tuple[str, list[onnx.NodeProto]]:

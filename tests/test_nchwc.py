@@ -27,18 +27,19 @@ LAYERS = [
     ("grouped16s", 32, (3, 3), 2, (1, 1, 1, 1), 2, 1, False),  # ... strided
     ("grouped8", 32, (3, 3), 1, (1, 1, 1, 1), 4, 1, False),  # 8 per group: whole blocks only where B = 8
     ("grouped_wide", 64, (3, 3), 1, (1, 1, 1, 1), 2, 1, False),  # 16 in, 32 out per group
-    ("dense", 16, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # dense, its weight too large for 4 x 4 outputs: left alone
+    ("dense", 32, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # dense, 4 x 3 x 16 < 32 x 9 (4 x 4 outputs): left alone
 ]
 
-# dense convolutions: blocked where the chunk's output positions outnumber C x kh x kw (16 x 16 images, chunk 3)
+# dense convolutions: blocked where four times the chunk's output positions reach C x kh x kw (16 x 16 images,
+# chunk 3)
 DENSE_LAYERS = [
     ("widen", 16, (1, 1), 1, (0, 0, 0, 0), 1, 1, False),  # 1 x 1: left alone
-    ("dense", 16, (3, 3), 1, (1, 1, 1, 1), 1, 1, True),  # 3 x 256 >= 16 x 9: forward and input gradient
+    ("dense", 16, (3, 3), 1, (1, 1, 1, 1), 1, 1, True),  # 4 x 3 x 256 >= 16 x 9: forward and input gradient
     ("dense_s2", 16, (3, 3), 2, (1, 0, 1, 0), 1, 1, False),  # strided, uneven pads (8 x 7 out): forward only
-    ("dense_5", 16, (5, 5), 1, (2, 2, 2, 2), 1, 1, True),  # 3 x 56 < 16 x 25: left alone
+    ("dense_7", 16, (7, 7), 1, (3, 3, 3, 3), 1, 1, True),  # 4 x 3 x 56 < 16 x 49: left alone
     ("dense_dil", 16, (3, 3), 1, (2, 2, 2, 2), 1, 2, False),  # dilated: forward only
-    ("dense_wide", 32, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # forward 3 x 56 < 32 x 9: left alone; its input
-    # gradient (16 channels out of 32) 3 x 56 >= 16 x 9: blocked
+    ("dense_wide", 96, (3, 3), 1, (1, 1, 1, 1), 1, 1, False),  # forward 4 x 3 x 56 < 96 x 9: left alone; its
+    # input gradient (16 channels out of 96) 4 x 3 x 56 >= 16 x 9: blocked
 ]
 
 
@@ -107,8 +108,9 @@ def test_which_convolutions_run_in_blocks():
     assert nchwc.blocked(conv("w", group=4), shapes, 8) is None  # 2 channels per group: not whole blocks
     assert nchwc.blocked(conv("w"), shapes, 8) is None  # dense, 2 input channels: not whole blocks
     dense = {"k": [32, 16, 3, 3], "y": [None, 32, 6, 6], "p": [32, 16, 1, 1]}
-    assert nchwc.blocked(conv("k"), dense, 16, chunk=8) == (32, 16, 1, [3, 3])  # 8 x 36 >= 32 x 9
-    assert nchwc.blocked(conv("k"), dense, 16, chunk=7) is None  # 7 x 36 < 288: the weight's reorder would not pay
+    assert nchwc.blocked(conv("k"), dense, 16, chunk=2) == (32, 16, 1, [3, 3])  # 4 x 2 x 36 >= 32 x 9
+    smaller = {**dense, "y": [None, 32, 5, 7]}
+    assert nchwc.blocked(conv("k"), smaller, 16, chunk=2) is None  # 4 x 2 x 35 < 288: the weight's reorder would not pay
     assert nchwc.blocked(conv("k"), dense, 16) is None  # chunk unknown
     assert nchwc.blocked(conv("k"), {"k": dense["k"]}, 16, chunk=8) is None  # output size unknown
     assert nchwc.blocked(conv("k"), dense, 32, chunk=8) is None  # 16 inputs: not a whole block of 32
