@@ -9,7 +9,8 @@ PyTorch's momentum ``1 - m`` for ONNX's ``m``), so a training step computes what
 Supported: the operators of the bundled networks (Conv, BatchNormalization, Relu, Mul, Add,
 GlobalAveragePool, Flatten, Gemm, MaxPool and the shape operators Shape, Slice, Concat,
 Unsqueeze, Expand, Reshape, Constant), of onnx_dl's losses (SoftmaxCrossEntropyLoss, ReduceSum,
-ReduceSumSquare, ReduceLogSumExp, GatherElements, Div, Identity) and common elementwise operators (see ``_OPS``). The nearest-2x upsampling pattern
+ReduceSumSquare, ReduceLogSumExp, GatherElements, Div, Identity) and common elementwise operators
+(see ``_OPS``). The nearest-2x upsampling pattern
 ``Reshape(Expand(Unsqueeze(x, [3, 5]), [1, 1, 1, 2, 1, 2]), ...)`` becomes
 ``F.interpolate(x, scale_factor=2, mode="nearest")`` (what a PyTorch user writes) unless
 ``fuse_upsampling=False``, which runs the ONNX operators one by one.
@@ -108,18 +109,24 @@ def _global_average_pool(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
-def _reduce_sum(x: torch.Tensor, axes: torch.Tensor | None = None, keepdims: int = 1,
-                noop_with_empty_axes: int = 0) -> torch.Tensor:
-    if axes is None or axes.numel() == 0:
+def _axes(axes: Any) -> tuple[int, ...]:
+    """A reduction's axes, given as an input tensor or (before opset 18, except ReduceSum) as an attribute."""
+    if axes is None:
+        return ()
+    return tuple(int(a) for a in (axes.tolist() if hasattr(axes, "tolist") else axes))
+
+
+def _reduce_sum(x: torch.Tensor, axes: Any = None, keepdims: int = 1, noop_with_empty_axes: int = 0) -> torch.Tensor:
+    dims = _axes(axes)
+    if not dims:
         if noop_with_empty_axes:
             return x
         return x.sum().reshape([1] * x.dim()) if keepdims else x.sum()
-    return x.sum(dim=tuple(axes.tolist()), keepdim=bool(keepdims))
+    return x.sum(dim=dims, keepdim=bool(keepdims))
 
 
 def _reduce_log_sum_exp(x: torch.Tensor, axes: Any = None, keepdims: int = 1) -> torch.Tensor:
-    dims = tuple(range(x.dim())) if axes is None else tuple(int(a) for a in (axes.tolist() if hasattr(axes, "tolist") else axes))
-    return torch.logsumexp(x, dim=dims, keepdim=bool(keepdims))
+    return torch.logsumexp(x, dim=_axes(axes) or tuple(range(x.dim())), keepdim=bool(keepdims))
 
 
 def _softmax_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
@@ -155,8 +162,7 @@ _OPS: dict[str, Callable[..., torch.Tensor]] = {
     "Clip": lambda x, low=None, high=None: torch.clamp(x, low, high), "MatMul": torch.matmul,
     "Cast": lambda x, to: x.to(_DTYPES[to]), "Transpose": lambda x, perm=None: x.permute(*(perm or reversed(range(x.dim())))),
     "Squeeze": lambda x, axes=None: x.squeeze(tuple(axes.tolist())) if axes is not None else x.squeeze(),
-    "ReduceMean": lambda x, axes=None, keepdims=1: x.mean(dim=tuple(axes.tolist()) if axes is not None else None,
-                                                         keepdim=bool(keepdims)),
+    "ReduceMean": lambda x, axes=None, keepdims=1: x.mean(dim=_axes(axes) or None, keepdim=bool(keepdims)),
     "LogSoftmax": lambda x, axis=-1: torch.log_softmax(x, dim=axis),
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div,
     "Shape": lambda x, start=0, end=None: torch.tensor(list(x.shape)[start:end], dtype=torch.int64),
