@@ -24,12 +24,17 @@ from .runtime import COUNTERS, device_value, inference_session
 from .session import TrainingSession
 
 _SPLIT_SIZE = 1 << 16  # tensors from this size are split over the threads
+# The rule's operations run over a tensor piece by piece, each piece small enough to stay in the cache
+# between them: about one pass over memory instead of one per operation (resnet18's 11.7 M weights, two
+# threads, median of 8: SGD 9.5 -> 8.1 ms per update, Adam 25.7 -> 16.5 ms; 2**16 to 2**19 all gain)
+_PIECE_SIZE = 1 << 18
 
 
 class HostUpdate:
     """A solver's update on the host, in place on CPU buffers (NumPy views), over ``threads`` threads:
-    each thread takes a fixed share of the tensors (large ones cut into contiguous parts), so the
-    result does not depend on the thread count."""
+    each thread takes a fixed share of the tensors (large ones cut into contiguous parts) and runs the
+    rule over them in pieces of at most ``_PIECE_SIZE`` values. The rule works value by value, so the
+    result depends neither on the thread count nor on the pieces."""
 
     def __init__(self, kind: str, tensors: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]],
                  threads: int) -> None:
@@ -47,14 +52,17 @@ class HostUpdate:
             least = sizes.index(min(sizes))
             self._groups[least].append(part)
             sizes[least] += part[0].size
-        self._scratch = [[np.empty(max((p[0].size for p in group), default=0), np.float32)
+        self._scratch = [[np.empty(min(max((p[0].size for p in group), default=0), _PIECE_SIZE), np.float32)
                           for _ in range(scratch_count)] for group in self._groups]
         self._pool = ThreadPoolExecutor(len(self._groups) - 1) if len(self._groups) > 1 else None
 
     def _run(self, index: int, scalars: dict[str, np.ndarray]) -> None:
         scratch = self._scratch[index]
         for w, g, state in self._groups[index]:
-            self._rule(w, g, state, scalars, [buffer[:w.size] for buffer in scratch])
+            for start in range(0, w.size, _PIECE_SIZE):
+                piece = slice(start, start + _PIECE_SIZE)
+                size = min(w.size - start, _PIECE_SIZE)
+                self._rule(w[piece], g[piece], [x[piece] for x in state], scalars, [buffer[:size] for buffer in scratch])
 
     def __call__(self, scalars: dict[str, np.ndarray]) -> None:
         """One update of every tensor with the scalar hyper-parameters ``scalars``."""
