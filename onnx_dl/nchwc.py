@@ -21,8 +21,10 @@ groups of 16 channels (regnet_x_400mf): 64 channels at 32 x 32 1.53 -> 0.95 ms, 
 1.16 -> 0.55 ms. Dense k x k convolutions whose channels are whole blocks run in blocks too where
 their weight is small next to the image (``_dense_pays``; 16 -> 16 channels at 112 x 112
 4.1 -> 2.7 ms): the blocked kernel is 1.2-1.5x faster than im2col + GEMM at every size, but a
-512 x 512 x 3 x 3 weight's reorder costs more than that. 1 x 1 convolutions stay (a GEMM in NCHW,
-about 3x slower in blocks).
+512 x 512 x 3 x 3 weight's reorder costs more than that. A first layer (fewer than B input channels, the
+image's) runs in the blocked kernel that reads NCHW input where it is strided and its window large (resnet's
+7 x 7 stem,
+``_first_layer_pays``: 5.1 -> 4.0 ms). 1 x 1 convolutions stay (a GEMM in NCHW, about 3x slower in blocks).
 
 Only for the CPU: the blocked kernels have no CUDA implementation.
 """
@@ -92,6 +94,11 @@ class Blocked(NamedTuple):
         """One input and one output channel per group."""
         return self.group == self.channels
 
+    def nchw_input(self, block: int) -> bool:
+        """A dense convolution of fewer than ``block`` input channels (a network's first layer): the blocked
+        kernel reads its input in NCHW, unreordered."""
+        return self.group == 1 and self.inputs < block
+
 
 def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: int,
             chunk: int | None = None) -> Blocked | None:
@@ -100,7 +107,9 @@ def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: in
     - depthwise: weight (C, 1, kh, kw), group C a multiple of 4 (ReorderInput's condition),
     - grouped with whole blocks: group G > 1, input and output channels per group multiples of ``block``, or
     - dense with whole blocks and a kernel larger than 1 x 1 whose reorder pays: the weight (C x I x kh x kw)
-      no larger than four times ``chunk`` images of the output's spatial size times I (see ``_dense_pays``);
+      no larger than four times ``chunk`` images of the output's spatial size times I (see ``_dense_pays``), or
+    - dense and strided with fewer than ``block`` input channels, whole output blocks and a large enough window
+      (a first layer; see ``_first_layer_pays``), its input read in NCHW;
 
     else None."""
     if node.op_type != "Conv" or node.domain != "":
@@ -114,8 +123,10 @@ def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: in
     channels, per_group, kernel = int(weight[0]), int(weight[1]), [int(weight[2]), int(weight[3])]
     whole_blocks = (channels // group) % block == 0 and per_group % block == 0
     if group == 1:
-        dense = whole_blocks and kernel != [1, 1] and _dense_pays(channels, kernel, shapes.get(node.output[0]), chunk)
-        return Blocked(channels, per_group, 1, kernel) if dense else None
+        dense = whole_blocks and _dense_pays(channels, kernel, shapes.get(node.output[0]), chunk)
+        strided = any(stride > 1 for stride in a.get("strides", [1, 1]))
+        return Blocked(channels, per_group, 1, kernel) if kernel != [1, 1] and (dense or _first_layer_pays(
+            channels, per_group, kernel, strided, block)) else None
     depthwise = group == channels and per_group == 1 and group % 4 == 0
     return Blocked(channels, per_group, group, kernel) if depthwise or whole_blocks else None
 
@@ -135,19 +146,33 @@ def _dense_pays(channels: int, kernel: list[int], output: list[int | None] | Non
     return 4 * chunk * output[2] * output[3] >= channels * kernel[0] * kernel[1]
 
 
+def _first_layer_pays(channels: int, inputs: int, kernel: list[int], strided: bool, block: int) -> bool:
+    """Whether a dense convolution of fewer than ``block`` input channels (a first layer, the image's) is faster
+    by the blocked kernel that reads NCHW input: whole output blocks, a stride and a window of at least 64
+    values (I x kh x kw). Measured (2 threads, batch 8, ms, im2col + GEMM -> blocked, ReorderOutput included):
+    3 -> 64 channels 7 x 7 stride 2 at 128 x 128 (window 147) 5.1 -> 4.0, at 224 x 224 14.2 -> 11.4, batch 4
+    at 128 x 128 2.7 -> 2.0; 5 x 5 stride 2 (75) 3.0 -> 2.5; 8 -> 16 channels 3 x 3 stride 2 at 64 x 64 (72)
+    0.31 -> 0.18. Not paying: 1 channel 7 x 7 stride 2 (49) 2.7 -> 3.0; 3 x 3 stride 2 to 32 channels (27)
+    0.8 -> 0.8-1.4; stride 1, where the output to reorder is larger: 3 -> 64 channels 3 x 3 3.3 -> 6.0,
+    8 -> 32 channels 3 x 3 1.8 -> 2.1, 4 -> 32 channels 5 x 5 (100) 1.4 -> 1.4-1.6."""
+    return strided and inputs < block and channels % block == 0 and inputs * kernel[0] * kernel[1] >= 64
+
+
 def _reordered_weight(b: GraphBuilder, weight: str, conv: Blocked, block: int) -> tuple[str, list[onnx.NodeProto]]:
     """The weight in the blocked kernels' layout, and the nodes computing it at every step.
 
-    Depthwise: (C, 1, kh, kw) zero-padded to Cp channels -> (Cp / B, kh, kw, B). Grouped:
-    (C, I, kh, kw) -> (C / B, I / B, kh, kw, B_in, B_out)."""
+    Depthwise: (C, 1, kh, kw) zero-padded to Cp channels -> (Cp / B, kh, kw, B); NCHW input (fewer than B
+    input channels I): (C, I, kh, kw) -> (C / B, I, kh, kw, B). Grouped and dense: (C, I, kh, kw) ->
+    (C / B, I / B, kh, kw, B_in, B_out)."""
     nodes = []
-    if conv.depthwise:
+    if conv.depthwise or conv.nchw_input(block):
         padded = _padded(conv.channels, block)
         if padded != conv.channels:
             pad, padded_weight = b.const([0, 0, 0, 0, padded - conv.channels, 0, 0, 0], "nchwc_pads"), b.fresh("nchwc_weight_padded")
             nodes.append(helper.make_node("Pad", [weight, pad], [padded_weight], name=b.fresh("nchwc_weight_pad_node")))
             weight = padded_weight
-        split, perm, target = [padded // block, block, conv.kernel[0] * conv.kernel[1]], [0, 2, 1], [padded, 1, *conv.kernel]
+        split = [padded // block, block, conv.inputs * conv.kernel[0] * conv.kernel[1]]
+        perm, target = [0, 2, 1], [padded, conv.inputs, *conv.kernel]
     else:
         # (C, I x taps) -> (I x taps, C) is a plain 2-D transpose (the engine's vectorised one), then whole
         # output blocks move: (I / B, B_in, taps, C / B, B_out) -> (C / B, I / B, taps, B_in, B_out); the
@@ -176,10 +201,12 @@ def _blocked_conv(b: GraphBuilder, node: onnx.NodeProto, conv: Blocked, block: i
     """``node`` as ReorderInput -> nchwc.Conv -> ReorderOutput, its weight (and bias) reordered in the graph."""
     a = g.attributes(node)
     padded = _padded(conv.channels, block)  # only a depthwise convolution's channels may be off the block
-    blocked_x = b.fresh("nchwc_x")
     weight, nodes = _reordered_weight(b, node.input[1], conv, block)
-    nodes.insert(0, helper.make_node("ReorderInput", [node.input[0]], [blocked_x], name=b.fresh("nchwc_in_node"),
-                                     domain=DOMAIN))
+    blocked_x = node.input[0]
+    if not conv.nchw_input(block):
+        blocked_x = b.fresh("nchwc_x")
+        nodes.insert(0, helper.make_node("ReorderInput", [node.input[0]], [blocked_x], name=b.fresh("nchwc_in_node"),
+                                         domain=DOMAIN))
     inputs = [blocked_x, weight]
     if len(node.input) > 2 and node.input[2]:
         bias = node.input[2]

@@ -1,6 +1,7 @@
 """Depthwise and grouped convolutions and depthwise gradients in the engine's blocked layout (onnx_dl.nchwc):
 the same loss and gradients as the engine's own NCHW kernels, for channel counts on and off the block,
-biases, strides, dilations, uneven pads and 5 x 5 kernels, and each rewrite fires where it should."""
+biases, strides, dilations, uneven pads and 5 x 5 kernels, first layers read in NCHW, and each rewrite fires
+where it should."""
 
 from __future__ import annotations
 
@@ -102,6 +103,32 @@ def test_dense_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_path
         np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
 
 
+@pytest.mark.parametrize(("first", "blocked_count"), [
+    (("stem", 16, (7, 7), 2, (3, 3, 3, 3), 1, 1, True), 1),  # resnet's stem: window 3 x 49 = 147
+    (("stem", 16, (5, 5), 2, (2, 1, 1, 2), 1, 1, False), 1),  # window 75, uneven pads
+    (("stem", 16, (5, 5), 1, (2, 2, 2, 2), 1, 1, False), 0),  # stride 1: faster by im2col + GEMM, left alone
+    (("stem", 16, (3, 3), 2, (1, 1, 1, 1), 1, 1, True), 0),  # window 27: left alone
+])
+def test_a_first_layer_in_blocks_gives_the_engine_kernels_gradients(tmp_path, monkeypatch, first, blocked_count):
+    """A first layer (3 input channels) by the blocked kernel that reads NCHW input: the loss and every gradient
+    of the engine's NCHW kernels."""
+    network = conv_relu_network(3, [first, ("head", 16, (1, 1), 1, (0, 0, 0, 0), 1, 1, False)], 17, channels=3, std=0.4)
+    rng = np.random.default_rng(30)
+    samples = [{"image": rng.uniform(-1, 1, (17, 17, 3)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(2)]
+    found = {}
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes, chunk=None: {})
+        model = load(tmp_path, network, batch_size=2, image_dimensions=[17, 17, 3], weight_prior=0.0)
+        found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    assert found[True][2].get("nchwc.Conv", 0) == blocked_count
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
+    assert set(found[True][1]) == set(found[False][1])
+    for name, value in found[False][1].items():
+        np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
+
+
 def test_which_convolutions_run_in_blocks():
     shapes = {"w": [8, 2, 3, 3], "d": [8, 1, 3, 3], "g": [64, 16, 3, 3], "s": [6, 1, 3, 3], "m": [16, 1, 3, 3]}
     conv = lambda weight, **a: helper.make_node("Conv", ["x", weight], ["y"], kernel_shape=[3, 3], **a)  # noqa: E731
@@ -123,6 +150,16 @@ def test_which_convolutions_run_in_blocks():
     assert nchwc.blocked(conv("g", group=4), shapes, 16) == (64, 16, 4, [3, 3])
     assert nchwc.blocked(conv("g", group=2), shapes, 16) == (64, 16, 2, [3, 3])  # 32 outputs from 16 inputs per group
     assert nchwc.blocked(conv("g", group=8), shapes, 16) is None  # 8 outputs per group
+    first = {"s": [64, 3, 7, 7], "o": [60, 3, 7, 7], "g": [64, 1, 7, 7], "f": [64, 3, 5, 5], "t": [64, 3, 3, 3]}
+    stem = lambda weight, k, s=2: helper.make_node("Conv", ["x", weight], ["y"], kernel_shape=[k, k],  # noqa: E731
+                                                   strides=[s, s])
+    assert nchwc.blocked(stem("s", 7), first, 16) == (64, 3, 1, [7, 7])  # a first layer, input read in NCHW
+    assert nchwc.blocked(stem("s", 7), first, 16).nchw_input(16)
+    assert nchwc.blocked(stem("f", 5), first, 16) == (64, 3, 1, [5, 5])  # window 75
+    assert nchwc.blocked(stem("o", 7), first, 16) is None  # 60 outputs: not whole blocks
+    assert nchwc.blocked(stem("g", 7), first, 16) is None  # window 49: im2col + GEMM is faster
+    assert nchwc.blocked(stem("t", 3), first, 16) is None  # window 27
+    assert nchwc.blocked(stem("s", 7, 1), first, 16) is None  # stride 1
 
 
 @pytest.mark.parametrize("images", [3, 2])
