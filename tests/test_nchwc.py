@@ -49,6 +49,28 @@ def depthwise_network(seed: int = 0, size: int = 13) -> onnx.ModelProto:
     return conv_relu_network(seed, LAYERS, size, channels=3, std=0.5)
 
 
+def blocked_against_engine(tmp_path, monkeypatch, network: onnx.ModelProto, size: int, images: int, seed: int,
+                           batch_size: int) -> dict[str, int]:
+    """Trains ``network`` on ``images`` random images of ``size`` x ``size`` with and without nchwc's rewrite
+    (sessions built for ``batch_size``); asserts the same loss and every gradient of the engine's NCHW kernels
+    and returns the rewrite counts of the blocked run."""
+    rng = np.random.default_rng(seed)
+    samples = [{"image": rng.uniform(-1, 1, (size, size, 3)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(images)]
+    found = {}
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes, chunk=None: {})
+        model = load(tmp_path, network, batch_size=batch_size, image_dimensions=[size, size, 3], weight_prior=0.0)
+        found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    assert "nchwc.Conv" not in found[False][2]
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
+    assert set(found[True][1]) == set(found[False][1])
+    for name, value in found[False][1].items():
+        np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
+    return found[True][2]
+
+
 def test_block_size_is_a_vector_width():
     assert nchwc.block_size() in (4, 8, 16)
 
@@ -57,28 +79,14 @@ def test_block_size_is_a_vector_width():
 def test_depthwise_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_path, monkeypatch, seed, images):
     """Sessions built for batch_size 3, run on chunks of 3 images (the blocked weight gradients) and of 2 (the
     engine's, chosen in the graph)."""
-    network = depthwise_network(seed)
-    rng = np.random.default_rng(10 + seed)
-    samples = [{"image": rng.uniform(-1, 1, (13, 13, 3)).astype(np.float32), "image_label_id": i % CLASSES}
-               for i in range(images)]
-    found = {}
-    for blocked in (True, False):
-        if not blocked:
-            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes, chunk=None: {})
-        model = load(tmp_path, network, batch_size=3, image_dimensions=[13, 13, 3], weight_prior=0.0)
-        found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    counts = blocked_against_engine(tmp_path, monkeypatch, depthwise_network(seed), 13, images, 10 + seed, 3)
     # forward: dw1..dw4, grouped16(s), grouped_wide; input gradients turned into forward convolutions by
     # fast_gradients: dw1, dw3, grouped16, grouped_wide (dw2 and grouped16s are strided, dw4 dilated);
     # grouped8 (both) where B = 8; never 'odd' or 'dense'
-    assert found[True][2]["nchwc.Conv"] == 11 + (2 if nchwc.block_size() <= 8 else 0)
+    assert counts["nchwc.Conv"] == 11 + (2 if nchwc.block_size() <= 8 else 0)
     # weight gradients: dw1, dw2 (strided, with a bias), dw3 (5 x 5, uneven pads); not dw4 (dilated) or
     # 'odd' (6 channels: ReorderInput takes multiples of 4); strided input gradients: dw2
-    assert found[True][2]["nchwc.dW"] == 3 and found[True][2]["nchwc.dX"] == 1
-    assert "nchwc.Conv" not in found[False][2]
-    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
-    assert set(found[True][1]) == set(found[False][1])
-    for name, value in found[False][1].items():
-        np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
+    assert counts["nchwc.dW"] == 3 and counts["nchwc.dX"] == 1
 
 
 @pytest.mark.parametrize(("seed", "images"), [(0, 3), (1, 2)])
@@ -86,21 +94,10 @@ def test_dense_convolutions_in_blocks_give_the_engine_kernels_gradients(tmp_path
     """Dense forward and turned input-gradient convolutions in blocks (where their weights are small next to
     the chunk's outputs): the loss and every gradient of the engine's NCHW kernels."""
     network = conv_relu_network(seed, DENSE_LAYERS, 16, channels=3, std=0.4)
-    rng = np.random.default_rng(20 + seed)
-    samples = [{"image": rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32), "image_label_id": i % CLASSES}
-               for i in range(images)]
-    found = {}
-    for blocked in (True, False):
-        if not blocked:
-            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes, chunk=None: {})
-        model = load(tmp_path, network, batch_size=3, image_dimensions=[16, 16, 3], weight_prior=0.0)
-        found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    counts = blocked_against_engine(tmp_path, monkeypatch, network, 16, images, 20 + seed, 3)
     # forward: dense, dense_s2, dense_dil; input gradients (stride 1, undilated, turned by fast_gradients): dense,
     # dense_wide
-    assert found[True][2]["nchwc.Conv"] == 5
-    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
-    for name, value in found[False][1].items():
-        np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
+    assert counts["nchwc.Conv"] == 5
 
 
 @pytest.mark.parametrize(("first", "blocked_count"), [
@@ -113,20 +110,8 @@ def test_a_first_layer_in_blocks_gives_the_engine_kernels_gradients(tmp_path, mo
     """A first layer (3 input channels) by the blocked kernel that reads NCHW input: the loss and every gradient
     of the engine's NCHW kernels."""
     network = conv_relu_network(3, [first, ("head", 16, (1, 1), 1, (0, 0, 0, 0), 1, 1, False)], 17, channels=3, std=0.4)
-    rng = np.random.default_rng(30)
-    samples = [{"image": rng.uniform(-1, 1, (17, 17, 3)).astype(np.float32), "image_label_id": i % CLASSES}
-               for i in range(2)]
-    found = {}
-    for blocked in (True, False):
-        if not blocked:
-            monkeypatch.setattr(nchwc, "rewrite", lambda training, shapes, chunk=None: {})
-        model = load(tmp_path, network, batch_size=2, image_dimensions=[17, 17, 3], weight_prior=0.0)
-        found[blocked] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
-    assert found[True][2].get("nchwc.Conv", 0) == blocked_count
-    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
-    assert set(found[True][1]) == set(found[False][1])
-    for name, value in found[False][1].items():
-        np.testing.assert_allclose(found[True][1][name], value, rtol=1e-5, atol=1e-6 * np.abs(value).max(), err_msg=name)
+    counts = blocked_against_engine(tmp_path, monkeypatch, network, 17, 2, 30, 2)
+    assert counts.get("nchwc.Conv", 0) == blocked_count
 
 
 def test_which_convolutions_run_in_blocks():
