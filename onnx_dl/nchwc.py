@@ -22,9 +22,9 @@ groups of 16 channels (regnet_x_400mf): 64 channels at 32 x 32 1.53 -> 0.95 ms, 
 their weight is small next to the image (``_dense_pays``; 16 -> 16 channels at 112 x 112
 4.1 -> 2.7 ms): the blocked kernel is 1.2-1.5x faster than im2col + GEMM at every size, but a
 512 x 512 x 3 x 3 weight's reorder costs more than that. A first layer (fewer than B input channels, the
-image's) runs in the blocked kernel that reads NCHW input where it is strided and its window large (resnet's
-7 x 7 stem,
-``_first_layer_pays``: 5.1 -> 4.0 ms). 1 x 1 convolutions stay (a GEMM in NCHW, about 3x slower in blocks).
+image's) runs in the blocked kernel that reads NCHW input where it is strided and its window large
+(``_first_layer_pays``; resnet's 7 x 7 stem 5.1 -> 4.0 ms). 1 x 1 convolutions stay (a GEMM in NCHW, about
+3x slower in blocks).
 
 Only for the CPU: the blocked kernels have no CUDA implementation.
 """
@@ -198,7 +198,8 @@ def _reordered_weight(b: GraphBuilder, weight: str, conv: Blocked, block: int) -
 
 
 def _blocked_conv(b: GraphBuilder, node: onnx.NodeProto, conv: Blocked, block: int) -> list[onnx.NodeProto]:
-    """``node`` as ReorderInput -> nchwc.Conv -> ReorderOutput, its weight (and bias) reordered in the graph."""
+    """``node`` as ReorderInput -> nchwc.Conv -> ReorderOutput (no ReorderInput where the kernel reads NCHW
+    input), its weight (and bias) reordered in the graph."""
     a = g.attributes(node)
     padded = _padded(conv.channels, block)  # only a depthwise convolution's channels may be off the block
     weight, nodes = _reordered_weight(b, node.input[1], conv, block)
