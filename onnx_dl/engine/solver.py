@@ -30,6 +30,12 @@ _SPLIT_SIZE = 1 << 16  # tensors from this size are split over the threads
 _PIECE_SIZE = 1 << 18
 
 
+def _pieces(w: np.ndarray, g: np.ndarray, state: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
+    """Views of a flat weight, its gradient and its state in pieces of at most ``_PIECE_SIZE`` values."""
+    return [(w[i:i + _PIECE_SIZE], g[i:i + _PIECE_SIZE], [x[i:i + _PIECE_SIZE] for x in state])
+            for i in range(0, w.size, _PIECE_SIZE)]
+
+
 class HostUpdate:
     """A solver's update on the host, in place on CPU buffers (NumPy views), over ``threads`` threads:
     each thread takes a fixed share of the tensors (large ones cut into contiguous parts) and runs the
@@ -46,23 +52,21 @@ class HostUpdate:
             cuts = threads if w.size >= _SPLIT_SIZE and threads > 1 else 1
             bounds = np.linspace(0, w.size, cuts + 1).astype(int)
             parts += [(w[i:j], g[i:j], [x[i:j] for x in state]) for i, j in zip(bounds[:-1], bounds[1:])]
-        self._groups: list[list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]] = [[] for _ in range(max(threads, 1))]
-        sizes = [0] * len(self._groups)
+        groups: list[list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]] = [[] for _ in range(max(threads, 1))]
+        sizes = [0] * len(groups)
         for part in sorted(parts, key=lambda p: -p[0].size):  # largest first onto the least loaded thread
             least = sizes.index(min(sizes))
-            self._groups[least].append(part)
+            groups[least].append(part)
             sizes[least] += part[0].size
-        self._scratch = [[np.empty(min(max((p[0].size for p in group), default=0), _PIECE_SIZE), np.float32)
+        self._groups = [[piece for part in group for piece in _pieces(*part)] for group in groups]
+        self._scratch = [[np.empty(max((p[0].size for p in group), default=0), np.float32)
                           for _ in range(scratch_count)] for group in self._groups]
         self._pool = ThreadPoolExecutor(len(self._groups) - 1) if len(self._groups) > 1 else None
 
     def _run(self, index: int, scalars: dict[str, np.ndarray]) -> None:
         scratch = self._scratch[index]
         for w, g, state in self._groups[index]:
-            for start in range(0, w.size, _PIECE_SIZE):
-                piece = slice(start, start + _PIECE_SIZE)
-                size = min(w.size - start, _PIECE_SIZE)
-                self._rule(w[piece], g[piece], [x[piece] for x in state], scalars, [buffer[:size] for buffer in scratch])
+            self._rule(w, g, state, scalars, [buffer[:w.size] for buffer in scratch])
 
     def __call__(self, scalars: dict[str, np.ndarray]) -> None:
         """One update of every tensor with the scalar hyper-parameters ``scalars``."""
