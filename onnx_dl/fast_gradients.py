@@ -15,7 +15,9 @@ Measured on ONNX Runtime 1.19.2 (CPU) inside the training step of the bundled ne
 
   which the engine's forward kernel computes about twice as fast (depthwise: mobilenet_v2 at
   128 x 128, batch 8, 241 -> 221 ms per step). ConvGrad keeps dW and dB. The turn of each kernel is
-  a GEMM with a reversal matrix (see ``transposed_flipped``).
+  a GEMM with a reversal matrix (see ``transposed_flipped``). On the CPU a dense convolution with more
+  input channels than input positions keeps the engine's dX (``turn_pays``; see
+  :func:`onnx_dl.nchwc.turned_input_gradient_pays`).
 - Nearest upsampling written as ``Expand(Unsqueeze(x, [3, 5]), [1, 1, 1, s, 1, s])`` (the
   bundled decoder's form: the engine has no Resize gradient) copies element by element; the
   same (N, C, H, s, W, s) tensor is ``Reshape(Resize(x, nearest, scales [1, 1, s, s]))``, about
@@ -35,12 +37,17 @@ Apart from that subnormal case, every rewrite computes the same values up to flo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from . import graph as g
 from .onnx_builder import GraphBuilder, SharedConstants
+
+Shape = list[int | None] | None
+TurnPays = Callable[[Shape, Shape, list[int]], bool]
 
 _MS = "com.microsoft"
 BAND_THRESHOLD_BYTES = 8 << 20  # split a weight gradient whose im2col buffer per image exceeds this
@@ -186,8 +193,10 @@ def _banded_weight_gradient(b: GraphBuilder, node: onnx.NodeProto, height: int, 
     return nodes
 
 
-def _conv_grad(b: GraphBuilder, node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> list[onnx.NodeProto] | None:
-    """Cheaper nodes computing what ConvGrad ``node`` computes; None when nothing pays."""
+def _conv_grad(b: GraphBuilder, node: onnx.NodeProto, shapes: dict[str, list[int | None]],
+               turn_pays: TurnPays | None = None, counts: dict[str, int] | None = None) -> list[onnx.NodeProto] | None:
+    """Cheaper nodes computing what ConvGrad ``node`` computes; None when nothing pays. A dense dX that
+    ``turn_pays`` refuses to turn stays the engine's (counted in ``counts["engine dX"]``)."""
     found = _conv_attributes(node)
     if found is None:
         return None
@@ -197,7 +206,10 @@ def _conv_grad(b: GraphBuilder, node: onnx.NodeProto, shapes: dict[str, list[int
     shape = shapes.get(node.input[1])
     input_nodes = None
     if wants_input and _input_gradient_as_conv(kernel, pads, strides):
-        input_nodes = _input_gradient(b, node, kernel, pads, group, shapes.get(node.input[2]))
+        if turn_pays is None or group > 1 or turn_pays(shape, shapes.get(node.input[2]), kernel):
+            input_nodes = _input_gradient(b, node, kernel, pads, group, shapes.get(node.input[2]))
+        elif counts is not None:
+            counts["engine dX"] += 1
     bands = _bands(shape, kernel, pads, strides) if wants_weights and shape and group == 1 else []
     if input_nodes is None and not bands:
         return None
@@ -252,16 +264,19 @@ def _upsampling(b: GraphBuilder, node: onnx.NodeProto, spread: onnx.NodeProto, f
     ]
 
 
-def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]] | None = None, threads: int = 1) -> dict[str, int]:
+def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]] | None = None, threads: int = 1,
+            turn_pays: TurnPays | None = None) -> dict[str, int]:
     """Replace slow nodes of ``training`` in place; return how many of each kind were replaced.
 
     ``shapes`` holds the static shapes of forward tensors (needed to split weight gradients into bands);
-    ``threads`` the session's thread count.
+    ``threads`` the session's thread count; ``turn_pays`` (X's shape, W's shape, kernel), where given, says
+    whether a dense convolution's dX pays as the turned forward convolution (else the engine's ConvGrad
+    keeps it; see :func:`onnx_dl.nchwc.turned_input_gradient_pays` for the CPU).
     """
     shapes = {**g.declared_shapes(training), **(shapes or {})}
     b = SharedConstants(training.graph, prefix="fast/")
     nodes: list[onnx.NodeProto] = []
-    counts = {"ReluGrad": 0, "ConvGrad": 0, "Expand": 0, "Sum": 0}
+    counts = {"ReluGrad": 0, "ConvGrad": 0, "Expand": 0, "Sum": 0, "engine dX": 0}
     producer = {out: node for node in training.graph.node for out in node.output}
     for node in training.graph.node:
         factor = _upsampling_factor(training, node, producer) if node.op_type == "Expand" and node.domain == "" else None
@@ -271,7 +286,8 @@ def rewrite(training: onnx.ModelProto, shapes: dict[str, list[int | None]] | Non
             nodes += _sum_as_adds(b, node)
         elif node.domain == _MS and node.op_type == "ReluGrad":
             nodes += _relu_grad(b, node)
-        elif node.domain == _MS and node.op_type == "ConvGrad" and (faster := _conv_grad(b, node, shapes)) is not None:
+        elif (node.domain == _MS and node.op_type == "ConvGrad"
+              and (faster := _conv_grad(b, node, shapes, turn_pays, counts)) is not None):
             nodes += faster
         else:
             nodes.append(node)

@@ -146,6 +146,32 @@ def _dense_pays(channels: int, kernel: list[int], output: list[int | None] | Non
     return 4 * chunk * output[2] * output[3] >= channels * kernel[0] * kernel[1]
 
 
+def turned_input_gradient_pays(chunk: int | None) -> fast_gradients.TurnPays:
+    """Whether a dense stride-1 convolution's dX is faster on the CPU as the forward convolution of dY with the
+    turned kernel (:mod:`onnx_dl.fast_gradients`) than as the engine's ConvGrad, for ``chunk`` images per run.
+
+    The turned convolution has X's C channels as outputs at X's H x W positions. Where C > H x W and it does
+    not run in blocks (``blocked``), the engine's NCHW kernel expands each image on one thread and runs one
+    GEMM per image, as ConvGrad's dX does, and the turn of the weight comes on top: ConvGrad's dX is faster.
+    Measured (3 x 3, two / one thread, ms, best of three processes, ConvGrad's dX -> turn and convolution):
+    256 channels at 8 x 8, batch 8 4.3 -> 5.4 / 7.0 -> 7.5, batch 4 2.2 -> 3.7 / 3.6 -> 4.4; 512 at 4 x 4,
+    batch 4 3.2 -> 5.4 / 7.3 -> 8.3, batch 8 6.8 -> 6.5 / 11.3 -> 11.0; 512 at 8 x 8, batch 8 18.5 -> 18.2 /
+    33.4 -> 30.2. Where C <= H x W the turn pays (128 at 16 x 16, batch 8: 4.3 -> 3.5 / 7.2 -> 6.8); 1 x 1
+    kernels always turn (the engine's kernel is one GEMM without expansion, and there is nothing to flip)."""
+    block = block_size()
+
+    def pays(x: fast_gradients.Shape, weight: fast_gradients.Shape, kernel: list[int]) -> bool:
+        if x is None or len(x) != 4 or x[1] is None or x[2] is None or x[3] is None or kernel == [1, 1]:
+            return True
+        channels, positions = x[1], x[2] * x[3]
+        outputs = weight[0] if weight is not None and len(weight) == 4 else None
+        in_blocks = (outputs is not None and channels % block == 0 and outputs % block == 0
+                     and _dense_pays(channels, kernel, x, chunk))
+        return channels <= positions or in_blocks
+
+    return pays
+
+
 def _first_layer_pays(channels: int, inputs: int, kernel: list[int], strided: bool, block: int) -> bool:
     """Whether a dense convolution of fewer than ``block`` input channels (a first layer, the image's) is faster
     by the blocked kernel that reads NCHW input: whole output blocks, a stride and a window of at least 64

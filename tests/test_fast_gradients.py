@@ -157,13 +157,63 @@ def test_grouped_and_strided_input_gradients_equal_the_engine_kernels(tmp_path, 
     found = {}
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, shapes=None, threads=1: {})
+            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, *args: {})
         model = load(tmp_path, network, batch_size=3, image_dimensions=[9, 9, CHANNELS], weight_prior=0.0)
         found[fast] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
     assert found[True][2]["ConvGrad"] == 2  # g2 and g5 (g1 reads the image: no dX; the strided keep the engine's)
     assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
     for name, value in found[False][1].items():
         np.testing.assert_allclose(found[True][1][name], value, rtol=RTOL, atol=1e-6 * np.abs(value).max(), err_msg=name)
+
+
+# 6 x 6 images: a strided 3x3 to 12 channels at 3 x 3, then stride-1 3x3 (12 input channels > 9 positions: the
+# engine's dX), 1x1 (turned) and 3x3 (5 input channels: turned) convolutions
+WIDE_LAYERS = [("w1", 12, (3, 3), 2, (1, 1, 1, 1)), ("w2", 6, (3, 3), 1, (1, 1, 1, 1)),
+               ("w3", 5, (1, 1), 1, (0, 0, 0, 0)), ("w4", 4, (3, 3), 1, (1, 1, 1, 1))]
+
+
+@pytest.mark.parametrize("runtime_rule", [True, False])
+def test_more_input_channels_than_positions_keep_the_engine_input_gradient(tmp_path, monkeypatch, runtime_rule):
+    """On the CPU a dense stride-1 k x k convolution with more input channels than input positions keeps
+    ConvGrad's dX (nchwc.turned_input_gradient_pays); without the rule (a GPU session) every stride-1 dX
+    turns. Either way the gradients equal those of the engine's own kernels."""
+    from onnx_dl import nchwc
+
+    if not runtime_rule:
+        monkeypatch.setattr(nchwc, "turned_input_gradient_pays", lambda chunk: None)
+    network = conv_relu_network(layers=WIDE_LAYERS, size=6)
+    rng = np.random.default_rng(11)
+    samples = [{"image": rng.uniform(-1, 1, (6, 6, CHANNELS)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(4)]
+    found = {}
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, *args: {})
+        model = load(tmp_path, network, batch_size=4, image_dimensions=[6, 6, CHANNELS], weight_prior=0.0)
+        found[fast] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
+    assert found[True][2]["engine dX"] == (1 if runtime_rule else 0)  # w2
+    assert found[True][2]["ConvGrad"] == (2 if runtime_rule else 3)  # w3, w4 (and w2 without the rule)
+    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
+    for name, value in found[False][1].items():
+        np.testing.assert_allclose(found[True][1][name], value, rtol=RTOL, atol=1e-6 * np.abs(value).max(), err_msg=name)
+
+
+def test_turned_input_gradient_pays_where_the_input_has_as_many_positions_as_channels():
+    """The CPU rule itself: turn where C <= H x W, for 1 x 1 kernels, where the turned convolution runs in
+    blocks or the shape is unknown; keep the engine's dX where C > H x W."""
+    from onnx_dl import nchwc
+
+    block = nchwc.block_size()
+    pays = nchwc.turned_input_gradient_pays(8)
+    assert pays([None, 128, 16, 16], [128, 128, 3, 3], [3, 3])  # 128 <= 256
+    assert not pays([None, 256, 8, 8], [256, 256, 3, 3], [3, 3])  # 256 > 64, not in blocks at 8 images (r 0.22)
+    assert not pays([None, 512, 4, 4], [512, 512, 3, 3], [3, 3])
+    assert pays([None, 512, 4, 4], [512, 512, 1, 1], [1, 1])
+    wide = ([None, 2 * block, 2, 2], [2 * block, 2 * block, 3, 3], [3, 3])  # 2B channels > 4 positions
+    assert nchwc.turned_input_gradient_pays(32)(*wide)  # in blocks at 32 images: 4 x 32 x 4 >= 2B x 9
+    assert not pays(*wide)  # not at 8 images (4 x 8 x 4 < 2B x 9)
+    assert not nchwc.turned_input_gradient_pays(None)(*wide)
+    assert pays(None, None, [3, 3]) and pays([None, 64, None, 8], None, [3, 3])
 
 
 def test_bundled_segmentation_network_same_gradients_as_engine_kernels(tmp_path, monkeypatch):
@@ -178,7 +228,7 @@ def test_bundled_segmentation_network_same_gradients_as_engine_kernels(tmp_path,
     found = {}
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, shapes=None, threads=1: {})
+            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, *args: {})
         model = dl.read_dl_model(path, type="segmentation")
         for name, value in (("image_dimensions", [16, 16, 3]), ("batch_size", 3), ("weight_prior", 0.0)):
             dl.set_dl_model_param(model, name, value)

@@ -97,7 +97,9 @@ class TrainingSession:
                 add_prior_gradients(training, tg)
                 shapes = g.tensor_shapes(tg.model)
                 # CPU threads decide whether longer Sums pay as Add chains; on a GPU only two-term ones change
-                self.rewrites = fast_gradients.rewrite(training, shapes, threads if runtime == "cpu" else 1)
+                self.rewrites = fast_gradients.rewrite(
+                    training, shapes, threads if runtime == "cpu" else 1,
+                    nchwc.turned_input_gradient_pays(chunk_size) if runtime == "cpu" else None)
                 if runtime == "cpu":  # the blocked kernels are CPU-only
                     self.rewrites.update(nchwc.rewrite(training, shapes, chunk_size))
                 self.bn_outputs = _expose_outputs(training, tg)
