@@ -152,12 +152,15 @@ def turned_input_gradient_pays(chunk: int | None) -> fast_gradients.TurnPays:
 
     The turned convolution has X's C channels as outputs at X's H x W positions. Where C > H x W and it does
     not run in blocks (``blocked``), the engine's NCHW kernel expands each image on one thread and runs one
-    GEMM per image, as ConvGrad's dX does, and the turn of the weight comes on top: ConvGrad's dX is faster.
-    Measured (3 x 3, two / one thread, ms, best of three processes, ConvGrad's dX -> turn and convolution):
-    256 channels at 8 x 8, batch 8 4.3 -> 5.4 / 7.0 -> 7.5, batch 4 2.2 -> 3.7 / 3.6 -> 4.4; 512 at 4 x 4,
-    batch 4 3.2 -> 5.4 / 7.3 -> 8.3, batch 8 6.8 -> 6.5 / 11.3 -> 11.0; 512 at 8 x 8, batch 8 18.5 -> 18.2 /
-    33.4 -> 30.2. Where C <= H x W the turn pays (128 at 16 x 16, batch 8: 4.3 -> 3.5 / 7.2 -> 6.8); 1 x 1
-    kernels always turn (the engine's kernel is one GEMM without expansion, and there is nothing to flip)."""
+    GEMM per image, as ConvGrad's dX does, and the turn of the weight comes on top. That GEMM is still the
+    faster one where an image has fewer than 64 positions, so the turn pays there once the chunk holds more
+    than 64 positions to spread it over. Measured (3 x 3, two / one thread, ms; ConvGrad's dX -> turn and
+    convolution; best of three processes): 256 channels at 8 x 8, batch 8 4.3 -> 5.4 / 7.0 -> 7.5 (in the
+    training step of resnet18: 4.1 -> 5.2), batch 4 2.2 -> 3.7 / 3.6 -> 4.4; 512 at 4 x 4, batch 4
+    3.2 -> 5.4 / 7.3 -> 8.3, but batch 8 6.8 -> 6.5 / 11.3 -> 11.0 (in the step: 7.5 -> 6.6, turned); 512 at
+    8 x 8, batch 8 18.5 -> 18.2 / 33.4 -> 30.2. Where C <= H x W the turn pays (128 at 16 x 16, batch 8:
+    4.3 -> 3.5 / 7.2 -> 6.8); 1 x 1 kernels always turn (the engine's kernel is one GEMM without expansion,
+    and there is nothing to flip)."""
     block = block_size()
 
     def pays(x: fast_gradients.Shape, weight: fast_gradients.Shape, kernel: list[int]) -> bool:
@@ -167,7 +170,8 @@ def turned_input_gradient_pays(chunk: int | None) -> fast_gradients.TurnPays:
         outputs = weight[0] if weight is not None and len(weight) == 4 else None
         in_blocks = (outputs is not None and channels % block == 0 and outputs % block == 0
                      and _dense_pays(channels, kernel, x, chunk))
-        return channels <= positions or in_blocks
+        spread = positions < 64 and chunk is not None and chunk * positions > 64
+        return channels <= positions or in_blocks or spread
 
     return pays
 

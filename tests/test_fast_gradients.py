@@ -200,18 +200,19 @@ def test_more_input_channels_than_positions_keep_the_engine_input_gradient(tmp_p
 
 def test_turned_input_gradient_pays_where_the_input_has_as_many_positions_as_channels():
     """The CPU rule itself: turn where C <= H x W, for 1 x 1 kernels, where the turned convolution runs in
-    blocks or the shape is unknown; keep the engine's dX where C > H x W."""
+    blocks, where an image has fewer than 64 positions but the chunk more, or where the shape is unknown;
+    else (C > H x W) keep the engine's dX."""
     from onnx_dl import nchwc
 
-    block = nchwc.block_size()
     pays = nchwc.turned_input_gradient_pays(8)
     assert pays([None, 128, 16, 16], [128, 128, 3, 3], [3, 3])  # 128 <= 256
     assert not pays([None, 256, 8, 8], [256, 256, 3, 3], [3, 3])  # 256 > 64, not in blocks at 8 images (r 0.22)
-    assert not pays([None, 512, 4, 4], [512, 512, 3, 3], [3, 3])
+    assert pays([None, 512, 4, 4], [512, 512, 3, 3], [3, 3])  # 16 positions, 128 in the chunk: the turn spreads
+    assert not nchwc.turned_input_gradient_pays(4)([None, 512, 4, 4], [512, 512, 3, 3], [3, 3])  # 64 in the chunk
     assert pays([None, 512, 4, 4], [512, 512, 1, 1], [1, 1])
-    wide = ([None, 2 * block, 2, 2], [2 * block, 2 * block, 3, 3], [3, 3])  # 2B channels > 4 positions
-    assert nchwc.turned_input_gradient_pays(32)(*wide)  # in blocks at 32 images: 4 x 32 x 4 >= 2B x 9
-    assert not pays(*wide)  # not at 8 images (4 x 8 x 4 < 2B x 9)
+    wide = ([None, 128, 8, 8], [128, 128, 3, 3], [3, 3])  # 128 channels > 64 positions, whole blocks
+    assert nchwc.turned_input_gradient_pays(8)(*wide)  # in blocks at 8 images: 4 x 8 x 64 >= 128 x 9
+    assert not nchwc.turned_input_gradient_pays(4)(*wide)  # not at 4 images (1024 < 1152)
     assert not nchwc.turned_input_gradient_pays(None)(*wide)
     assert pays(None, None, [3, 3]) and pays([None, 64, None, 8], None, [3, 3])
 
