@@ -2,7 +2,7 @@
 module in PyTorch eager, same weights, same batch, same thread count.
 
     python tools/bench_zoo.py [--networks resnet18,mobilenet_v2] [--threads 1,2] [--blocks 6] [--steps 3]
-                              [--markdown results.md]
+                              [--processes 3] [--markdown results.md]
 
 Needs the test extra (torch, torchvision). Per network the parent exports the module with
 ``onnx_dl.export_torch`` (batch norm kept), then two worker processes, one per engine, train on the
@@ -13,8 +13,11 @@ train onnx_dl's training graph (focal and Huber losses, weight prior 1e-4; PyTor
 ``tools/onnx_to_torch.py``), after checking that their first losses agree. The parent alternates blocks of ``--steps`` steps between
 them, flipping the order every block, with a pause between blocks so one engine's spinning threads do
 not slow the other (worker processes and interleaving: ``tools/benchlib/workers.py``, shared with
-``tools/bench.py``). Reported: median ms per step of each side, the ratio onnx_dl / PyTorch (median
-over paired blocks) and each worker's peak RSS, for each thread count.
+``tools/bench.py``). Each network and thread count gets ``--processes`` fresh pairs of workers, which share
+the ``--blocks``: on the project's 2-vCPU VMs a process runs at one of two speeds for its whole life (about
+one in three at two threads at the speed of one thread, in ONNX Runtime and in PyTorch alike), so one pair
+would draw that state once for the whole row. Reported: median ms per step of each side, the ratio
+onnx_dl / PyTorch (median over paired blocks) and each side's largest peak RSS, for each thread count.
 """
 
 from __future__ import annotations
@@ -168,8 +171,9 @@ def _start(name: str, path: Path, threads: int) -> dict[str, Worker]:
     return sides
 
 
-def bench(name: str, threads: int, blocks: int, steps: int, folder: Path) -> dict[str, Any]:
-    """Median ms per step of both engines and their ratio (median over paired blocks)."""
+def bench(name: str, threads: int, blocks: int, steps: int, folder: Path, processes: int = 1) -> dict[str, Any]:
+    """Median ms per step of both engines and their ratio (median over paired blocks), the blocks shared by
+    ``processes`` fresh pairs of workers."""
     path = folder / f"{name}.onnx"
     if not path.exists():
         import warnings
@@ -179,17 +183,21 @@ def bench(name: str, threads: int, blocks: int, steps: int, folder: Path) -> dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dl.export_torch(build(name), path, NETWORKS[name][1])
-    sides: dict[str, Worker] = {}
-    try:
-        sides = _start(name, path, threads)
-        runs = interleave(sides, blocks, steps)
-        finish = {name: side.call("finish") for name, side in sides.items()}
-    finally:
-        close_all(list(sides.values()))
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    rss = dict.fromkeys(SIDES, 0.0)
+    for share in (blocks // processes + (i < blocks % processes) for i in range(processes)):
+        sides: dict[str, Worker] = {}
+        try:
+            sides = _start(name, path, threads)
+            for side, replies in interleave(sides, share, steps).items():
+                runs[side] += replies
+            for side, worker in sides.items():
+                rss[side] = max(rss[side], worker.call("finish")["peak_rss_mb"])
+        finally:
+            close_all(list(sides.values()))
     ours, theirs = (1000 * statistics.median([t for block in runs[s] for t in block["times"]]) for s in ("onnx_dl", "torch"))
     return {"network": name, "threads": threads, "onnx_dl_ms": ours, "torch_ms": theirs,
-            "ratio": statistics.median(paired_ratios(runs)),
-            "onnx_dl_rss_mb": finish["onnx_dl"]["peak_rss_mb"], "torch_rss_mb": finish["torch"]["peak_rss_mb"]}
+            "ratio": statistics.median(paired_ratios(runs)), "onnx_dl_rss_mb": rss["onnx_dl"], "torch_rss_mb": rss["torch"]}
 
 
 def main() -> None:
@@ -200,6 +208,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=3, help="fresh worker pairs per row, sharing the blocks")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     if args.worker:
@@ -211,7 +220,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.networks.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
-                r = bench(name, threads, args.blocks, args.steps, Path(folder))
+                r = bench(name, threads, args.blocks, args.steps, Path(folder), max(1, min(args.processes, args.blocks)))
                 task, size, count = NETWORKS[name]
                 lines.append(f"| {name} | {task}, {size} x {size}, {count} | {threads} | {r['onnx_dl_ms']:.0f} | "
                              f"{r['torch_ms']:.0f} | {r['ratio']:.2f} | {r['onnx_dl_rss_mb']:.0f} / {r['torch_rss_mb']:.0f} |")
