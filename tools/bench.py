@@ -13,7 +13,8 @@ Before timing, the losses of the first steps must agree to 1e-4 (else the run st
 
 Each side runs in its own worker process (so peak RSS is clean and torch never loads next to
 onnx_dl); the parent alternates blocks of steps between them, flipping the order every block,
-with a pause between blocks so one side's spinning threads do not slow the other.
+with a pause between blocks so one side's spinning threads do not slow the other, and shares the blocks
+of a case among ``--processes`` fresh pairs of workers (``benchlib.workers.block_shares``).
 Reported per case: median ms/step of each side, the ratio onnx_dl / PyTorch (median over paired
 blocks, and of the fastest steps), peak RSS, the share of onnx_dl's step spent outside ONNX
 Runtime (collation, checks, Python: the step minus the engine's training runs and solver updates,
@@ -38,7 +39,7 @@ from benchlib.host import ProbeSide, machine_check
 from benchlib.onnx_dl_side import OnnxDLSide
 from benchlib.report import summarise, table
 from benchlib.torch_side import TorchSide
-from benchlib.workers import Worker, block_torch, close_all, interleave, serve
+from benchlib.workers import Worker, block_shares, block_torch, close_all, interleave, serve
 
 RESULTS = Path(__file__).resolve().parent / "bench-results.md"
 SIDES = {"onnx_dl": OnnxDLSide, "torch": TorchSide, "probe": ProbeSide}
@@ -52,26 +53,42 @@ def worker(side: str) -> None:
 
 
 def bench_case(name: str, solver: str, threads: int, warmup: int, blocks: int, steps: int,
-               session_config: dict[str, str]) -> dict[str, Any]:
-    """Both sides of one case, interleaved, with the vCPU-state probe before every onnx_dl block; the summary row."""
-    workers = {side: Worker(__file__, side) for side in ("onnx_dl", "torch")}
-    probe = Worker(__file__, "probe")
-    try:
-        probe.call("setup", threads=threads)
-        setup = {side: w.call("setup", case=CASES[name].__dict__, solver=solver, threads=threads,
-                              session_config=session_config) for side, w in workers.items()}
-        worst = check_losses(setup["onnx_dl"]["losses"], setup["torch"]["losses"], f"{name}/{solver}")
-        for w in workers.values():
-            w.call("run", steps=warmup)
+               session_config: dict[str, str], processes: int = 1) -> dict[str, Any]:
+    """Both sides of one case, interleaved, with the vCPU-state probe before every onnx_dl block, the blocks
+    shared by ``processes`` fresh pairs of workers (``block_shares``); the summary row. Setup (first step,
+    imports) and extras (learning-rate change) are the first pair's, peak RSS the largest."""
+    runs: dict[str, list[dict[str, Any]]] = {"onnx_dl": [], "torch": []}
+    setup: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    finish: dict[str, dict[str, Any]] = {}
+    worst = 0.0
+    for share in block_shares(blocks, processes):
+        workers = {side: Worker(__file__, side) for side in ("onnx_dl", "torch")}
+        probe = Worker(__file__, "probe")
+        try:
+            probe.call("setup", threads=threads)
+            started = {side: w.call("setup", case=CASES[name].__dict__, solver=solver, threads=threads,
+                                    session_config=session_config) for side, w in workers.items()}
+            worst = max(worst, check_losses(started["onnx_dl"]["losses"], started["torch"]["losses"], f"{name}/{solver}"))
+            setup = setup or started
+            for w in workers.values():
+                w.call("run", steps=warmup)
 
-        def probe_speedup(side: str) -> dict[str, Any]:
-            return {"probe_speedup": probe.call("speedup")["speedup"] if side == "onnx_dl" else None}
+            def probe_speedup(side: str) -> dict[str, Any]:
+                return {"probe_speedup": probe.call("speedup")["speedup"] if side == "onnx_dl" else None}
 
-        runs = interleave(workers, blocks, steps, before=probe_speedup)
-        extras = workers["onnx_dl"].call("extras")
-        finish = {side: w.call("finish") for side, w in workers.items()}
-    finally:
-        close_all([*workers.values(), probe])
+            for side, replies in interleave(workers, share, steps, before=probe_speedup).items():
+                runs[side] += replies
+            extras = extras or workers["onnx_dl"].call("extras")
+            for side, w in workers.items():
+                done = w.call("finish")
+                if side in finish:
+                    done = {**finish[side], "peak_rss_mb": max(finish[side]["peak_rss_mb"], done["peak_rss_mb"]),
+                            **({"torch_loaded": finish[side]["torch_loaded"] or done["torch_loaded"]}
+                               if "torch_loaded" in done else {})}
+                finish[side] = done
+        finally:
+            close_all([*workers.values(), probe])
     return summarise(name, solver, setup, runs, extras, finish, worst)
 
 
@@ -83,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--solvers", nargs="+", choices=sorted(SOLVERS), default=list(SOLVERS))
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--blocks", type=int, help="alternating blocks per side (default 10, quick 6)")
+    parser.add_argument("--processes", type=int, default=3, help="fresh worker pairs per case, sharing the blocks")
     parser.add_argument("--out", type=Path, help=f"Markdown file to write (default {RESULTS.name}, quick: none)")
     parser.add_argument("--json", type=Path, help="also write the raw summaries as JSON")
     parser.add_argument("--session-config", nargs="*", default=[], metavar="KEY=VALUE",
@@ -100,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         steps = max(1, CASES[name].steps_per_block // 4) if args.quick else CASES[name].steps_per_block
         for solver in args.solvers:
             print(f"{name}/{solver}: {blocks} blocks of {steps} steps per side ...", file=sys.stderr, flush=True)
-            rows.append(bench_case(name, solver, args.threads, 2 if args.quick else 5, blocks, steps, session_config))
+            rows.append(bench_case(name, solver, args.threads, 2 if args.quick else 5, blocks, steps, session_config,
+                                   args.processes))
     checks.append(machine_check(args.threads))
     text = table(rows, "quick" if args.quick else "full", session_config, checks)
     print(text)

@@ -14,9 +14,7 @@ train onnx_dl's training graph (focal and Huber losses, weight prior 1e-4; PyTor
 them, flipping the order every block, with a pause between blocks so one engine's spinning threads do
 not slow the other (worker processes and interleaving: ``tools/benchlib/workers.py``, shared with
 ``tools/bench.py``). Each network and thread count gets ``--processes`` fresh pairs of workers, which share
-the ``--blocks``: on the project's 2-vCPU VMs a process runs at one of two speeds for its whole life (about
-one in three at two threads at the speed of one thread, in ONNX Runtime and in PyTorch alike), so one pair
-would draw that state once for the whole row. Reported: median ms per step of each side, the ratio
+the ``--blocks`` (see ``benchlib.workers.block_shares``). Reported: median ms per step of each side, the ratio
 onnx_dl / PyTorch (median over paired blocks) and each side's largest peak RSS, for each thread count.
 """
 
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.report import paired_ratios
-from benchlib.workers import Worker, close_all, interleave, peak_rss_mb, serve, timed_steps
+from benchlib.workers import Worker, block_shares, close_all, interleave, peak_rss_mb, serve, timed_steps
 
 # network: (task, image size, batch)
 NETWORKS: dict[str, tuple[str, int, int]] = {
@@ -185,7 +183,7 @@ def bench(name: str, threads: int, blocks: int, steps: int, folder: Path, proces
             dl.export_torch(build(name), path, NETWORKS[name][1])
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     rss = dict.fromkeys(SIDES, 0.0)
-    for share in (blocks // processes + (i < blocks % processes) for i in range(processes)):
+    for share in block_shares(blocks, processes):
         sides: dict[str, Worker] = {}
         try:
             sides = _start(name, path, threads)
@@ -220,7 +218,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.networks.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
-                r = bench(name, threads, args.blocks, args.steps, Path(folder), max(1, min(args.processes, args.blocks)))
+                r = bench(name, threads, args.blocks, args.steps, Path(folder), args.processes)
                 task, size, count = NETWORKS[name]
                 lines.append(f"| {name} | {task}, {size} x {size}, {count} | {threads} | {r['onnx_dl_ms']:.0f} | "
                              f"{r['torch_ms']:.0f} | {r['ratio']:.2f} | {r['onnx_dl_rss_mb']:.0f} / {r['torch_rss_mb']:.0f} |")

@@ -79,6 +79,16 @@ def interleave(workers: dict[str, Worker], blocks: int, steps: int,
     return runs
 
 
+def block_shares(blocks: int, processes: int) -> list[int]:
+    """``blocks`` split as evenly as can be over ``processes`` fresh pairs of workers (at most one per block).
+
+    On the project's 2-vCPU VMs a process runs at one of two speeds for its whole life (about one in three
+    at two threads at the speed of one thread, in ONNX Runtime and in PyTorch alike): one pair of workers
+    would draw that state once for a whole case."""
+    processes = max(1, min(processes, blocks))
+    return [blocks // processes + (i < blocks % processes) for i in range(processes)]
+
+
 def close_all(workers: Sequence[Worker]) -> None:
     """Close every worker."""
     for worker in workers:
