@@ -147,23 +147,31 @@ def test_conv_relu_gradients_match_reference(tmp_path, monkeypatch, banded, froz
         np.testing.assert_allclose(grads[name], value, rtol=RTOL, atol=1e-6 * np.abs(value).max(), err_msg=name)
 
 
-def test_grouped_and_strided_input_gradients_equal_the_engine_kernels(tmp_path, monkeypatch):
-    """Depthwise and grouped stride-1 convolutions' dX as grouped forward convolutions (strided ones keep
-    the engine's): the same gradients as the engine's own ConvGrad."""
-    network = conv_relu_network(layers=GROUPED_LAYERS, size=9)
-    rng = np.random.default_rng(7)
-    samples = [{"image": rng.uniform(-1, 1, (9, 9, CHANNELS)).astype(np.float32), "image_label_id": i % CLASSES}
-               for i in range(3)]
+def rewritten_against_engine(tmp_path, monkeypatch, network: onnx.ModelProto, size: int, count: int,
+                             seed: int) -> dict[str, int]:
+    """Trains ``network`` (size x size images, ``count`` per batch) once with fast_gradients' rewrites and once
+    without; asserts the same loss and gradients and returns the rewrites' counts."""
+    rng = np.random.default_rng(seed)
+    samples = [{"image": rng.uniform(-1, 1, (size, size, CHANNELS)).astype(np.float32), "image_label_id": i % CLASSES}
+               for i in range(count)]
     found = {}
     for fast in (True, False):
         if not fast:
             monkeypatch.setattr(fast_gradients, "rewrite", lambda training, *args: {})
-        model = load(tmp_path, network, batch_size=3, image_dimensions=[9, 9, CHANNELS], weight_prior=0.0)
+        model = load(tmp_path, network, batch_size=count, image_dimensions=[size, size, CHANNELS], weight_prior=0.0)
         found[fast] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
-    assert found[True][2]["ConvGrad"] == 2  # g2 and g5 (g1 reads the image: no dX; the strided keep the engine's)
     assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
+    assert set(found[True][1]) == set(found[False][1])
     for name, value in found[False][1].items():
         np.testing.assert_allclose(found[True][1][name], value, rtol=RTOL, atol=1e-6 * np.abs(value).max(), err_msg=name)
+    return found[True][2]
+
+
+def test_grouped_and_strided_input_gradients_equal_the_engine_kernels(tmp_path, monkeypatch):
+    """Depthwise and grouped stride-1 convolutions' dX as grouped forward convolutions (strided ones keep
+    the engine's): the same gradients as the engine's own ConvGrad."""
+    counts = rewritten_against_engine(tmp_path, monkeypatch, conv_relu_network(layers=GROUPED_LAYERS, size=9), 9, 3, 7)
+    assert counts["ConvGrad"] == 2  # g2 and g5 (g1 reads the image: no dX; the strided keep the engine's)
 
 
 # 6 x 6 images: a strided 3x3 to 12 channels at 3 x 3, then stride-1 3x3 (12 input channels > 9 positions: the
@@ -181,21 +189,9 @@ def test_more_input_channels_than_positions_keep_the_engine_input_gradient(tmp_p
 
     if not runtime_rule:
         monkeypatch.setattr(nchwc, "turned_input_gradient_pays", lambda chunk: None)
-    network = conv_relu_network(layers=WIDE_LAYERS, size=6)
-    rng = np.random.default_rng(11)
-    samples = [{"image": rng.uniform(-1, 1, (6, 6, CHANNELS)).astype(np.float32), "image_label_id": i % CLASSES}
-               for i in range(4)]
-    found = {}
-    for fast in (True, False):
-        if not fast:
-            monkeypatch.setattr(fast_gradients, "rewrite", lambda training, *args: {})
-        model = load(tmp_path, network, batch_size=4, image_dimensions=[6, 6, CHANNELS], weight_prior=0.0)
-        found[fast] = (*engine_gradients(model, samples), model.trainer().session.rewrites)
-    assert found[True][2]["engine dX"] == (1 if runtime_rule else 0)  # w2
-    assert found[True][2]["ConvGrad"] == (2 if runtime_rule else 3)  # w3, w4 (and w2 without the rule)
-    assert found[True][0] == pytest.approx(found[False][0], rel=1e-6)
-    for name, value in found[False][1].items():
-        np.testing.assert_allclose(found[True][1][name], value, rtol=RTOL, atol=1e-6 * np.abs(value).max(), err_msg=name)
+    counts = rewritten_against_engine(tmp_path, monkeypatch, conv_relu_network(layers=WIDE_LAYERS, size=6), 6, 4, 11)
+    assert counts["engine dX"] == (1 if runtime_rule else 0)  # w2
+    assert counts["ConvGrad"] == (2 if runtime_rule else 3)  # w3, w4 (and w2 without the rule)
 
 
 def test_turned_input_gradient_pays_where_the_input_has_as_many_positions_as_channels():
