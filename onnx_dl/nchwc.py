@@ -123,12 +123,19 @@ def blocked(node: onnx.NodeProto, shapes: dict[str, list[int | None]], block: in
     channels, per_group, kernel = int(weight[0]), int(weight[1]), [int(weight[2]), int(weight[3])]
     whole_blocks = (channels // group) % block == 0 and per_group % block == 0
     if group == 1:
-        dense = whole_blocks and _dense_pays(channels, kernel, shapes.get(node.output[0]), chunk)
+        dense = _dense_in_blocks(channels, per_group, kernel, shapes.get(node.output[0]), chunk, block)
         strided = any(stride > 1 for stride in a.get("strides", [1, 1]))
         return Blocked(channels, per_group, 1, kernel) if kernel != [1, 1] and (dense or _first_layer_pays(
             channels, per_group, kernel, strided, block)) else None
     depthwise = group == channels and per_group == 1 and group % 4 == 0
     return Blocked(channels, per_group, group, kernel) if depthwise or whole_blocks else None
+
+
+def _dense_in_blocks(channels: int, inputs: int, kernel: list[int], output: list[int | None] | None,
+                     chunk: int | None, block: int) -> bool:
+    """Whether a dense convolution (``channels`` outputs from ``inputs``) runs in blocks: whole blocks on both
+    sides and a weight reorder that pays (``_dense_pays``)."""
+    return channels % block == 0 and inputs % block == 0 and _dense_pays(channels, kernel, output, chunk)
 
 
 def _dense_pays(channels: int, kernel: list[int], output: list[int | None] | None, chunk: int | None) -> bool:
@@ -167,9 +174,8 @@ def turned_input_gradient_pays(chunk: int | None) -> fast_gradients.TurnPays:
         if x is None or len(x) != 4 or x[1] is None or x[2] is None or x[3] is None or kernel == [1, 1]:
             return True
         channels, positions = x[1], x[2] * x[3]
-        outputs = weight[0] if weight is not None and len(weight) == 4 else None
-        in_blocks = (outputs is not None and channels % block == 0 and outputs % block == 0
-                     and _dense_pays(channels, kernel, x, chunk))
+        outputs = weight[0] if weight is not None and len(weight) == 4 else None  # the turned convolution's inputs
+        in_blocks = outputs is not None and _dense_in_blocks(channels, outputs, kernel, x, chunk, block)
         spread = positions < 64 and chunk is not None and chunk * positions > 64
         return channels <= positions or in_blocks or spread
 

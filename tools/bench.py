@@ -60,7 +60,7 @@ def bench_case(name: str, solver: str, threads: int, warmup: int, blocks: int, s
     runs: dict[str, list[dict[str, Any]]] = {"onnx_dl": [], "torch": []}
     setup: dict[str, Any] = {}
     extras: dict[str, Any] = {}
-    finish: dict[str, dict[str, Any]] = {}
+    finishes: dict[str, list[dict[str, Any]]] = {"onnx_dl": [], "torch": []}
     worst = 0.0
     for share in block_shares(blocks, processes):
         workers = {side: Worker(__file__, side) for side in ("onnx_dl", "torch")}
@@ -81,15 +81,19 @@ def bench_case(name: str, solver: str, threads: int, warmup: int, blocks: int, s
                 runs[side] += replies
             extras = extras or workers["onnx_dl"].call("extras")
             for side, w in workers.items():
-                done = w.call("finish")
-                if side in finish:
-                    done = {**finish[side], "peak_rss_mb": max(finish[side]["peak_rss_mb"], done["peak_rss_mb"]),
-                            **({"torch_loaded": finish[side]["torch_loaded"] or done["torch_loaded"]}
-                               if "torch_loaded" in done else {})}
-                finish[side] = done
+                finishes[side].append(w.call("finish"))
         finally:
             close_all([*workers.values(), probe])
-    return summarise(name, solver, setup, runs, extras, finish, worst)
+    return summarise(name, solver, setup, runs, extras, {side: _merged(f) for side, f in finishes.items()}, worst)
+
+
+def _merged(finishes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's finish replies of several worker pairs as one: the largest peak RSS, torch loaded if it
+    was in any, the rest the first's."""
+    merged = {**finishes[0], "peak_rss_mb": max(f["peak_rss_mb"] for f in finishes)}
+    if "torch_loaded" in merged:
+        merged["torch_loaded"] = any(f["torch_loaded"] for f in finishes)
+    return merged
 
 
 def main(argv: list[str] | None = None) -> None:
